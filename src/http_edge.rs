@@ -1,0 +1,534 @@
+//! The HTTP edge: the listening socket, tiny_http's accept loop, the worker pool and the
+//! threads that write step replies.
+//!
+//! Request flow: tiny_http parses each connection on its own thread and queues the request;
+//! the acceptor (one thread per accept loop) routes it and either hands it to the worker pool
+//! or, for `/next` and `/previous`, to the state owner. Workers answer everything but steps.
+//! The state owner hands finished steps to the step responders, which write the replies.
+//!
+//! Why steps do not go back to the workers: tiny_http writes a connection's replies in
+//! request order, blocking a reply until the ones before it are written. With pipelining, a
+//! worker could block on a reply that waits for a step which only a worker could answer. The
+//! acceptor keeps each connection's requests in order, and so do the state owner and each
+//! responder (replies are sharded by connection), so the oldest unanswered request of every
+//! connection can always make progress.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
+use tiny_http::{Header, Request, Response, Server};
+
+use crate::limits;
+use crate::log;
+use crate::metrics::{Metrics, RouteLabel};
+use crate::routes::{self, Format, Reply, Route};
+use crate::state_owner::{Outcome, Published, StepRequest};
+use crate::watchdog;
+
+/// Binds the listening socket and sets the timeouts every accepted connection inherits.
+///
+/// SO_SNDTIMEO is safe on a listening socket. SO_RCVTIMEO is what bounds idle and stalled
+/// connections, but on a listening socket it also makes `accept` fail when no connection
+/// arrives in time, which ends tiny_http's accept loop; the watchdog's regular probe keeps
+/// that from happening, and the acceptor restarts the loop if it happens anyway.
+pub fn bind(addr: SocketAddr, idle_timeout: Duration) -> io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr)?;
+    // std offers these options only on streams. A listening socket accepts them too, and the
+    // conversion moves ownership of the descriptor, so no unsafe code is needed.
+    let socket = TcpStream::from(OwnedFd::from(listener));
+    socket.set_read_timeout(Some(idle_timeout))?;
+    socket.set_write_timeout(Some(Duration::from_millis(limits::SEND_TIMEOUT_MS)))?;
+    socket.set_nodelay(true)?;
+    Ok(TcpListener::from(OwnedFd::from(socket)))
+}
+
+/// Set when tiny_http's accept thread panicked: 1 for any reason, 2 when descriptors ran out.
+/// tiny_http 0.12 unwraps `try_clone` of each accepted socket and panics when a connection
+/// thread cannot be spawned; both happen in its accept thread, which then ends without a word.
+static ACCEPT_THREAD_PANICKED: AtomicU8 = AtomicU8::new(0);
+
+/// Called by the panic hook for a panic in one of tiny_http's threads (which are unnamed).
+/// Returns true if it was the accept thread, which the acceptor will then replace.
+pub fn tiny_http_panicked(file: &str, message: &str) -> bool {
+    let accept_thread = file.ends_with("refined_tcp_stream.rs")
+        || file.ends_with("task_pool.rs")
+        || message.contains("failed to spawn thread");
+    if accept_thread {
+        let out_of_descriptors = message.contains("code: 24") || message.contains("code: 23");
+        ACCEPT_THREAD_PANICKED.store(if out_of_descriptors { 2 } else { 1 }, Ordering::Release);
+    }
+    accept_thread
+}
+
+/// State shared by every thread of the edge.
+pub struct Edge {
+    published: Arc<Published>,
+    pub metrics: Arc<Metrics>,
+    access_log: bool,
+    /// Set by `main` when shutdown begins: readiness turns false and the acceptors stop.
+    stopping: AtomicBool,
+    /// Accept loops that failed but still serve the connections they had.
+    retired_loops: AtomicUsize,
+    idle_timeout: Duration,
+    headers: Headers,
+}
+
+/// Headers built once, cloned into each response.
+struct Headers {
+    text: Header,
+    json: Header,
+    prometheus: Header,
+    no_store: Header,
+}
+
+/// What the edge remembers about a request until its reply is written.
+#[derive(Clone, Copy)]
+struct Meta {
+    route: RouteLabel,
+    arrived: Instant,
+    step: bool,
+}
+
+impl Edge {
+    pub fn new(
+        published: Arc<Published>,
+        metrics: Arc<Metrics>,
+        access_log: bool,
+        idle_timeout: Duration,
+    ) -> Arc<Edge> {
+        let header = |name: &str, value: &str| {
+            Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+        };
+        Arc::new(Edge {
+            published,
+            metrics,
+            access_log,
+            stopping: AtomicBool::new(false),
+            retired_loops: AtomicUsize::new(0),
+            idle_timeout,
+            headers: Headers {
+                text: header("Content-Type", "text/plain; charset=utf-8"),
+                json: header("Content-Type", "application/json"),
+                prometheus: header("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                no_store: header("Cache-Control", "no-store"),
+            },
+        })
+    }
+
+    /// Begins shutdown: readiness turns false and the acceptors stop taking new requests.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Our listening descriptors: the bound socket and the running accept loop's copy. (A
+    /// retired loop's copy closed when its accept thread ended.)
+    fn listening_sockets(&self) -> u64 {
+        2
+    }
+
+    /// The cursor index as last made durable.
+    pub fn durable_index(&self) -> u8 {
+        self.published.index()
+    }
+
+    fn ready(&self) -> bool {
+        self.published.healthy() && !self.is_stopping()
+    }
+
+    /// Writes `reply` to the client. A failure means the client has gone or stopped reading
+    /// (the send timeout fired); there is no one left to tell, so it is not an error here.
+    fn respond(&self, request: Request, reply: Reply, meta: Meta) {
+        let status = reply.status;
+        let content_type = match reply.format {
+            Format::Text => self.headers.text.clone(),
+            Format::Json => self.headers.json.clone(),
+            Format::Prometheus => self.headers.prometheus.clone(),
+        };
+        let mut response = Response::from_data(reply.body.into_bytes())
+            .with_status_code(reply.status)
+            .with_header(content_type);
+        if reply.no_store {
+            response.add_header(self.headers.no_store.clone());
+        }
+        if let Some(allow) = reply.allow {
+            response.add_header(Header::from_bytes("Allow", allow).expect("static header"));
+        }
+        if let Some(secs) = reply.retry_after {
+            let value = secs.to_string();
+            response.add_header(Header::from_bytes("Retry-After", value).expect("digits"));
+        }
+        let access = (self.access_log && request.url() != watchdog::PROBE_TARGET).then(|| {
+            let method = request.method().as_str().to_string();
+            let mut target: String = request
+                .url()
+                .chars()
+                .take(limits::LOGGED_TARGET_CHARS_MAX)
+                .collect();
+            if target.len() < request.url().len() {
+                target.push_str("...");
+            }
+            let remote = request
+                .remote_addr()
+                .map_or("-".to_string(), ToString::to_string);
+            (method, target, remote)
+        });
+        let _ = request.respond(response);
+        let elapsed = meta.arrived.elapsed();
+        self.metrics.request(meta.route, status, meta.step, elapsed);
+        if let Some((method, target, remote)) = access {
+            log::info(
+                "access",
+                &[
+                    ("method", &method),
+                    ("target", &target),
+                    ("status", &status),
+                    ("duration_us", &elapsed.as_micros()),
+                    ("remote", &remote),
+                ],
+            );
+        }
+    }
+}
+
+/// A request for a worker: answer a route, or send an error already decided by the acceptor.
+enum Job {
+    Answer(Request, Route, Format, Meta),
+    Reject(Request, Reply, Meta),
+}
+
+/// What a step carries through the state owner to its responder.
+pub struct Ticket {
+    request: Request,
+    format: Format,
+    responder: usize,
+    meta: Meta,
+}
+
+/// Channels between the threads of the edge.
+#[derive(Clone)]
+struct Queues {
+    work: Sender<Job>,
+    steps: Sender<StepRequest<Ticket>>,
+}
+
+/// The running edge: its threads, and the two ends the state owner connects to.
+pub struct Started {
+    /// Every thread of the edge; they end after `Edge::stop`.
+    pub threads: Vec<JoinHandle<()>>,
+    /// The steps, in the order the acceptor received them.
+    pub steps: Receiver<StepRequest<Ticket>>,
+    /// Where the state owner delivers each step's outcome.
+    pub replies: StepReplies,
+}
+
+/// The step responders' queues, one per responder.
+pub struct StepReplies {
+    queues: Vec<Sender<(Ticket, Outcome)>>,
+}
+
+impl StepReplies {
+    /// Hands a finished step to the responder of its connection. A full queue blocks, which
+    /// is the back-pressure that keeps replies bounded.
+    pub fn deliver(&self, ticket: Ticket, outcome: Outcome) {
+        // A responder only ends after every sender is gone, so this cannot fail while the
+        // state owner runs; if it somehow did, tiny_http closes the dropped request itself.
+        let _ = self.queues[ticket.responder].send((ticket, outcome));
+    }
+}
+
+/// Starts the workers, the step responders and the acceptor.
+pub fn start(
+    edge: &Arc<Edge>,
+    listener: TcpListener,
+    workers: usize,
+    on_deaf: impl Fn(String) + Send + 'static,
+) -> io::Result<Started> {
+    let (work_tx, work_rx) = bounded::<Job>(limits::WORK_QUEUE_MAX);
+    let (steps_tx, steps_rx) = bounded::<StepRequest<Ticket>>(limits::STEP_QUEUE_MAX);
+    let mut handles = Vec::new();
+
+    for id in 0..workers {
+        let (edge, rx) = (Arc::clone(edge), work_rx.clone());
+        handles.push(spawn(&format!("worker-{id}"), move || work(&edge, rx))?);
+    }
+
+    let mut reply_txs = Vec::with_capacity(limits::STEP_RESPONDERS);
+    for id in 0..limits::STEP_RESPONDERS {
+        let (tx, rx) = bounded::<(Ticket, Outcome)>(limits::REPLY_QUEUE_MAX);
+        let edge = Arc::clone(edge);
+        handles.push(spawn(&format!("responder-{id}"), move || {
+            for (ticket, outcome) in rx {
+                let reply = match outcome {
+                    Outcome::Stepped(index) => routes::cursor(index, ticket.format),
+                    Outcome::Bound(bound) => routes::bound(bound, ticket.format),
+                    Outcome::Unavailable => routes::unavailable(ticket.format),
+                };
+                edge.respond(ticket.request, reply, ticket.meta);
+            }
+        })?);
+        reply_txs.push(tx);
+    }
+
+    let queues = Queues {
+        work: work_tx,
+        steps: steps_tx,
+    };
+    let edge_for_acceptor = Arc::clone(edge);
+    handles.push(spawn("acceptor", move || {
+        accept(&edge_for_acceptor, listener, queues, on_deaf)
+    })?);
+    Ok(Started {
+        threads: handles,
+        steps: steps_rx,
+        replies: StepReplies { queues: reply_txs },
+    })
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
+    thread::Builder::new().name(name.to_string()).spawn(body)
+}
+
+/// Runs tiny_http accept loops on `listener` until shutdown. A loop that fails (tiny_http ends
+/// it on the first accept error, such as running out of file descriptors) is retired: its
+/// connections keep being served by a thread of their own, and a new loop takes over.
+fn accept(edge: &Arc<Edge>, listener: TcpListener, queues: Queues, on_deaf: impl Fn(String)) {
+    let mut retry = Duration::from_millis(limits::ACCEPT_RETRY_FIRST_MS);
+    while !edge.is_stopping() {
+        let server = match listener
+            .try_clone()
+            .map_err(|e| e.to_string())
+            .and_then(|l| Server::from_listener(l, None).map_err(|e| e.to_string()))
+        {
+            Ok(server) => server,
+            Err(err) => {
+                log::warn("accept_restart_failed", &[("error", &err)]);
+                thread::sleep(retry);
+                retry = (retry * 2).min(Duration::from_millis(limits::ACCEPT_RETRY_MAX_MS));
+                continue;
+            }
+        };
+        let started = Instant::now();
+        let Err(err) = serve(edge, &server, &queues, None) else {
+            return; // Shutdown: `serve` drained what the loop had queued.
+        };
+        log::warn("accept_failed", &[("error", &err)]);
+        edge.metrics.accept_failures.fetch_add(1, Ordering::Relaxed);
+        let panicked_out_of_descriptors = err.to_string().contains("descriptors ran out");
+        if matches!(err.raw_os_error(), Some(23 | 24)) || panicked_out_of_descriptors {
+            let shed = shed_backlog(&listener);
+            edge.metrics
+                .connections_shed
+                .fetch_add(shed, Ordering::Relaxed);
+        }
+        if edge.retired_loops.fetch_add(1, Ordering::AcqRel) >= limits::RETIRED_ACCEPT_LOOPS_MAX {
+            on_deaf(format!(
+                "{} accept loops failed and are still draining",
+                limits::RETIRED_ACCEPT_LOOPS_MAX
+            ));
+            return;
+        }
+        let (edge_for_retired, queues) = (Arc::clone(edge), queues.clone());
+        let retired = move || {
+            let idle = edge_for_retired.idle_timeout * limits::RETIRED_IDLE_TIMEOUTS;
+            let _ = serve(&edge_for_retired, &server, &queues, Some(idle));
+            edge_for_retired
+                .retired_loops
+                .fetch_sub(1, Ordering::AcqRel);
+        };
+        if let Err(err) = spawn("acceptor-retired", retired) {
+            log::warn("retired_accept_loop_failed", &[("error", &err)]);
+        }
+        // A loop that failed quickly will likely fail again at once: back off.
+        if started.elapsed() < Duration::from_millis(limits::ACCEPT_RETRY_MAX_MS) {
+            thread::sleep(retry);
+            retry = (retry * 2).min(Duration::from_millis(limits::ACCEPT_RETRY_MAX_MS));
+        } else {
+            retry = Duration::from_millis(limits::ACCEPT_RETRY_FIRST_MS);
+        }
+    }
+}
+
+/// Routes the requests of one accept loop until shutdown (`Ok`), until tiny_http reports that
+/// the loop has failed (`Err`), or, for a retired loop, until it has been idle for `idle_max`.
+fn serve(
+    edge: &Edge,
+    server: &Server,
+    queues: &Queues,
+    idle_max: Option<Duration>,
+) -> io::Result<()> {
+    let poll = Duration::from_millis(limits::ACCEPT_POLL_MS);
+    let mut last_request = Instant::now();
+    loop {
+        if edge.is_stopping() {
+            // Requests tiny_http already queued are answered; new connections are no longer
+            // accepted once `server` is dropped by our caller.
+            while let Ok(Some(request)) = server.try_recv() {
+                dispatch(edge, request, queues);
+            }
+            return Ok(());
+        }
+        if idle_max.is_none() {
+            match ACCEPT_THREAD_PANICKED.swap(0, Ordering::AcqRel) {
+                0 => {}
+                2 => {
+                    return Err(io::Error::other(
+                        "tiny_http's accept thread panicked: file descriptors ran out",
+                    ));
+                }
+                _ => return Err(io::Error::other("tiny_http's accept thread panicked")),
+            }
+        }
+        match server.recv_timeout(poll) {
+            Ok(Some(request)) => {
+                last_request = Instant::now();
+                dispatch(edge, request, queues);
+            }
+            Ok(None) => {
+                if idle_max.is_some_and(|idle| last_request.elapsed() >= idle) {
+                    return Ok(());
+                }
+            }
+            // A retired loop reported its failure already; nothing more can come.
+            Err(err) if idle_max.is_none() => return Err(err),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Accepts and closes connections waiting in the backlog while file descriptors are exhausted,
+/// so those clients get a prompt reset rather than a hang. No accept loop runs at this moment
+/// (the failed one has ended and the next is not yet started), so switching the shared socket
+/// to non-blocking mode briefly cannot disturb one.
+fn shed_backlog(listener: &TcpListener) -> u64 {
+    if listener.set_nonblocking(true).is_err() {
+        return 0;
+    }
+    let mut shed = 0u64;
+    while shed < limits::SHED_CONNECTIONS_MAX {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                drop(stream);
+                shed += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = listener.set_nonblocking(false);
+    if shed > 0 {
+        log::warn("connections_shed", &[("count", &shed)]);
+    }
+    shed
+}
+
+/// Routes one request: steps go to the state owner, everything else to the workers. When a
+/// queue is full the request is answered 503 at once.
+fn dispatch(edge: &Edge, request: Request, queues: &Queues) {
+    let arrived = Instant::now();
+    let mut accept = None;
+    let mut chunked = false;
+    for header in request.headers() {
+        if header.field.equiv("Accept") {
+            accept = Some(header.value.as_str());
+        } else if header.field.equiv("Transfer-Encoding") {
+            chunked = true;
+        }
+    }
+    let format = Format::from_accept(accept);
+    let has_body = chunked || request.body_length().is_some_and(|len| len > 0);
+    let head = routes::Head {
+        target_bytes: request.url().len(),
+        header_bytes: request
+            .headers()
+            .iter()
+            .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len())
+            .sum(),
+        header_fields: request.headers().len(),
+        missing_host: *request.http_version() == (1, 1)
+            && !request.headers().iter().any(|h| h.field.equiv("Host")),
+    };
+    let route = routes::check_head(&head, format)
+        .and_then(|()| routes::route(request.method().as_str(), request.url(), has_body, format));
+    let mut meta = Meta {
+        route: RouteLabel::of_target(request.url()),
+        arrived,
+        step: false,
+    };
+    let rejected = match route {
+        Ok(Route::Step(step)) => {
+            meta.step = true;
+            // Sharding replies by the client's port keeps one connection's replies on one
+            // responder, and so in order.
+            let responder = request
+                .remote_addr()
+                .map_or(0, |a| usize::from(a.port()) % limits::STEP_RESPONDERS);
+            let ticket = Ticket {
+                request,
+                format,
+                responder,
+                meta,
+            };
+            match queues.steps.try_send(StepRequest { step, ticket }) {
+                Ok(()) => return,
+                Err(TrySendError::Full(s) | TrySendError::Disconnected(s)) => s.ticket.request,
+            }
+        }
+        Ok(route) => match queues
+            .work
+            .try_send(Job::Answer(request, route, format, meta))
+        {
+            Ok(()) => return,
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job.into_request(),
+        },
+        Err(reply) => match queues.work.try_send(Job::Reject(request, reply, meta)) {
+            Ok(()) => return,
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job.into_request(),
+        },
+    };
+    edge.metrics.requests_shed.fetch_add(1, Ordering::Relaxed);
+    edge.respond(rejected, routes::overloaded(format), meta);
+}
+
+impl Job {
+    fn into_request(self) -> Request {
+        match self {
+            Job::Answer(request, ..) | Job::Reject(request, ..) => request,
+        }
+    }
+}
+
+/// A worker: answers every route except steps, until the work queue closes.
+fn work(edge: &Edge, jobs: Receiver<Job>) {
+    for job in jobs {
+        match job {
+            Job::Reject(request, reply, meta) => edge.respond(request, reply, meta),
+            Job::Answer(request, route, format, meta) => {
+                let reply = match route {
+                    Route::Current => routes::cursor(edge.published.index(), format),
+                    Route::Fib(n) => routes::number(n, format),
+                    Route::FibList(len) => routes::list(len, format),
+                    Route::Health => routes::health(format),
+                    Route::Ready => routes::ready(edge.ready(), format),
+                    Route::Index => routes::index(),
+                    Route::Metrics => routes::metrics(edge.metrics.render(
+                        edge.published.index(),
+                        edge.ready(),
+                        env!("CARGO_PKG_VERSION"),
+                        edge.listening_sockets(),
+                    )),
+                    Route::Step(_) => unreachable!("the acceptor sends steps to the state owner"),
+                };
+                edge.respond(request, reply, meta);
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! fibd: a durable cursor over the Fibonacci numbers that fit in 128 bits, served over HTTP.
+//! See ARCHITECTURE.md for the request flow and the invariants; `main.rs` wires these modules.
+
+pub mod config;
+pub mod cursor;
+pub mod error;
+pub mod fib;
+#[doc(hidden)]
+pub mod fuzz_check;
+pub mod http_edge;
+pub mod limits;
+pub mod log;
+pub mod metrics;
+pub mod notify;
+pub mod probe;
+pub mod routes;
+pub mod slot;
+pub mod state_file;
+pub mod state_owner;
+pub mod watchdog;

@@ -1,0 +1,88 @@
+//! Every bound the server enforces, in one place, each with the reason for its value.
+//! Units are the last word of each name.
+
+/// Default worker threads: responses are small and CPU-bound, so a few threads saturate one
+/// core; more only help when clients read their responses slowly.
+pub const WORKERS_DEFAULT: usize = 4;
+/// Upper bound on `--workers`: each worker is a thread with its own stack.
+pub const WORKERS_MAX: usize = 256;
+
+/// Requests waiting for a worker. Past this the acceptor answers 503 at once instead of
+/// letting latency and memory grow without bound.
+pub const WORK_QUEUE_MAX: usize = 4096;
+/// Steps waiting for the state owner; the same reasoning as the work queue.
+pub const STEP_QUEUE_MAX: usize = 4096;
+/// Finished steps waiting to be written back to their clients. When full, the state owner
+/// waits, the step queue fills, and new steps get 503: back-pressure instead of growth.
+pub const REPLY_QUEUE_MAX: usize = 4096;
+/// Threads that write step replies. Replies are sharded by connection so one connection's
+/// replies keep their order; more than one keeps a slow reader from delaying everyone's steps.
+pub const STEP_RESPONDERS: usize = 2;
+
+/// Default and largest number of steps that share one fdatasync. One fsync costs about as much
+/// as thousands of in-memory steps, so a large batch is nearly free; `--batch-max 1` turns
+/// group commit off for comparison.
+pub const BATCH_OPS_DEFAULT: usize = 1024;
+pub const BATCH_OPS_MAX: usize = STEP_QUEUE_MAX;
+
+/// Default for `--idle-timeout-ms`: a connection with no bytes from the client for this long is
+/// closed (SO_RCVTIMEO), so idle keep-alive and stalled clients cannot hold a thread and a file
+/// descriptor forever. Long enough for keep-alive to pay off, short enough to recycle quickly.
+pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
+/// Range of `--idle-timeout-ms`: below 100 ms ordinary clients would be cut off between
+/// requests; above an hour an idle client is indistinguishable from a leak.
+pub const IDLE_TIMEOUT_MS_MIN: u64 = 100;
+pub const IDLE_TIMEOUT_MS_MAX: u64 = 3_600_000;
+/// A client that stops reading its replies frees the writing thread after this long
+/// (SO_SNDTIMEO); it is short so a stuck client cannot hold up shutdown for long either.
+pub const SEND_TIMEOUT_MS: u64 = 1_500;
+
+/// How often the acceptor checks whether it should stop; this bounds how late shutdown begins.
+pub const ACCEPT_POLL_MS: u64 = 50;
+/// Back-off between restarts of a failed accept loop, doubling from the first value up to
+/// the second, so running out of file descriptors does not turn into a busy loop.
+pub const ACCEPT_RETRY_FIRST_MS: u64 = 10;
+pub const ACCEPT_RETRY_MAX_MS: u64 = 1_000;
+/// Connections accepted and closed at once when file descriptors run out, so the backlog
+/// drains with a clear refusal instead of hanging; bounded so shedding cannot starve serving.
+pub const SHED_CONNECTIONS_MAX: u64 = 1024;
+/// Accept loops that failed but may still have live connections. Each keeps one thread until
+/// its connections have gone idle; past this many, something is badly wrong and we exit so the
+/// supervisor starts a clean process.
+pub const RETIRED_ACCEPT_LOOPS_MAX: usize = 64;
+/// A retired accept loop whose connections sent nothing for this many idle timeouts has none
+/// left alive (each would have timed out), so its thread can end.
+pub const RETIRED_IDLE_TIMEOUTS: u32 = 2;
+
+/// The watchdog probes our own listening socket this often, or every third of the idle
+/// timeout if that is shorter: the probe also keeps `accept` from ever sitting idle for a whole
+/// idle timeout, which SO_RCVTIMEO on the listening socket would turn into an error.
+pub const PROBE_INTERVAL_MS: u64 = 1_000;
+/// A probe that gets no HTTP answer within this long has failed.
+pub const PROBE_TIMEOUT_MS: u64 = 5_000;
+/// The process declares itself deaf and exits non-zero, for its supervisor to restart it, when
+/// over a window of this many idle timeouts plus one probe timeout (stretched to hold at least
+/// the last `PROBE_FAILURES_DEAF_MIN` probes) at least that many probes failed, making up at
+/// least `PROBE_FAILED_PERCENT_DEAF` percent of them. The window is long because running out of
+/// descriptors heals itself once idle connections time out, and a burst of load must not be
+/// mistaken for death; a share, not a streak, because a starved server still answers the odd
+/// probe while refusing most clients.
+pub const PROBE_FAILING_IDLE_TIMEOUTS: u32 = 2;
+pub const PROBE_FAILURES_DEAF_MIN: u32 = 5;
+pub const PROBE_FAILED_PERCENT_DEAF: usize = 80;
+
+/// After SIGTERM, the process exits by this time even if some client is slow to take its
+/// last reply; every acknowledged step is already durable, so nothing is lost by leaving.
+pub const SHUTDOWN_GRACE_MS: u64 = 1_500;
+
+/// Characters of a request target written to the access log; a long URL is cut, so a hostile
+/// client cannot make log lines, or our memory use for them, grow without bound.
+pub const LOGGED_TARGET_CHARS_MAX: usize = 256;
+
+/// Longest request target (path and query) served; longer ones get 414. Real targets here are
+/// under 30 bytes, and a bounded echo in error messages needs a bounded input to be cheap.
+pub const TARGET_BYTES_MAX: usize = 8 * 1024;
+/// Most header bytes (names and values) and header fields in one request; more gets 431.
+/// Browsers and proxies send a few KiB at most.
+pub const HEADER_BYTES_MAX: usize = 16 * 1024;
+pub const HEADER_FIELDS_MAX: usize = 100;

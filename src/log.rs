@@ -1,0 +1,142 @@
+//! Structured logging to stderr: one line per event, `key=value` pairs, values quoted when
+//! they contain spaces or quotes, so `grep event=start` and log shippers both work.
+
+use std::fmt::{Display, Write as _};
+use std::io::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    fn as_str(self) -> &'static str {
+        match self {
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+/// Writes one event line. The line is built first and written with one call, so lines from
+/// different threads never interleave.
+pub fn event(level: Level, event: &str, fields: &[(&str, &dyn Display)]) {
+    let mut line = String::with_capacity(128);
+    let _ = write!(
+        line,
+        "ts={} level={} event={}",
+        timestamp(),
+        level.as_str(),
+        event
+    );
+    for (key, value) in fields {
+        line.push(' ');
+        line.push_str(key);
+        line.push('=');
+        push_value(&mut line, &value.to_string());
+    }
+    line.push('\n');
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+pub fn info(name: &str, fields: &[(&str, &dyn Display)]) {
+    event(Level::Info, name, fields);
+}
+
+pub fn warn(name: &str, fields: &[(&str, &dyn Display)]) {
+    event(Level::Warn, name, fields);
+}
+
+pub fn error(name: &str, fields: &[(&str, &dyn Display)]) {
+    event(Level::Error, name, fields);
+}
+
+fn push_value(line: &mut String, value: &str) {
+    let plain = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_graphic() && c != '"' && c != '=' && c != '\\');
+    if plain {
+        line.push_str(value);
+        return;
+    }
+    line.push('"');
+    for c in value.chars() {
+        match c {
+            '"' => line.push_str("\\\""),
+            '\\' => line.push_str("\\\\"),
+            '\n' => line.push_str("\\n"),
+            c if c.is_control() => {
+                let _ = write!(line, "\\x{:02x}", c as u32);
+            }
+            c => line.push(c),
+        }
+    }
+    line.push('"');
+}
+
+/// The current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-23T09:30:00.123Z`.
+pub fn timestamp() -> String {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        since_epoch.subsec_millis()
+    )
+}
+
+/// Converts days since 1970-01-01 to a (year, month, day) of the proleptic Gregorian calendar,
+/// counting in 400-year eras of 146,097 days that start on March 1st.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153; // 0 = March
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calendar_conversion() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(20_780), (2026, 11, 23));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn values_are_quoted_only_when_needed() {
+        let mut line = String::new();
+        push_value(&mut line, "127.0.0.1:80");
+        line.push(' ');
+        push_value(&mut line, "no such \"file\"\n");
+        line.push(' ');
+        push_value(&mut line, "");
+        assert_eq!(line, "127.0.0.1:80 \"no such \\\"file\\\"\\n\" \"\"");
+    }
+}

@@ -1,0 +1,273 @@
+//! The fibd binary: reads the configuration, opens the state, and wires the state owner, the
+//! HTTP edge and the watchdog together; then waits for a signal or a fatal event.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::bounded;
+
+use fibd::config::{self, Command, Config};
+use fibd::http_edge::{self, Edge};
+use fibd::limits;
+use fibd::log;
+use fibd::metrics::Metrics;
+use fibd::notify::Notifier;
+use fibd::probe;
+use fibd::state_file::StateFile;
+use fibd::state_owner::{self, Published};
+use fibd::watchdog;
+
+/// Why the process is shutting down.
+enum Event {
+    Signal,
+    /// Storage failed or the server went deaf: exit non-zero for the supervisor to restart us.
+    Fatal(&'static str, String),
+}
+
+fn main() -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let message = info.payload_as_str().unwrap_or("(no message)");
+        let file = info.location().map_or("", |l| l.file());
+        let thread = std::thread::current();
+        match thread.name() {
+            // Every thread of ours has a name. A panic there is a broken invariant: end the
+            // process, and the supervisor restarts it from the durable state.
+            Some(name) => {
+                log::error("panic", &[("thread", &name), ("message", &info)]);
+                std::process::abort();
+            }
+            // tiny_http's threads have none. A panic in one of its connection threads ends
+            // that connection only; one in its accept thread is handled like an accept error.
+            None => {
+                let accept = http_edge::tiny_http_panicked(file, message);
+                log::warn(
+                    "tiny_http_panic",
+                    &[("accept_thread", &accept), ("message", &info)],
+                );
+            }
+        }
+    }));
+    let args = std::env::args().skip(1);
+    match config::parse(args, |key| std::env::var(key).ok()) {
+        Ok(Command::Help) => {
+            print!("{}", config::USAGE);
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Version) => {
+            println!("fibd {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Serve(config)) => serve(config),
+        Ok(Command::Probe { url, timeout_ms }) => probe_command(&url, timeout_ms),
+        Err(reason) => {
+            eprintln!("fibd: {reason} (see fibd --help)");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `fibd probe URL`: exit 0 when URL answers 2xx within the timeout.
+fn probe_command(url: &str, timeout_ms: u64) -> ExitCode {
+    // A bare path probes this host's own fibd, at the address FIBD_LISTEN names.
+    let resolved;
+    let url = if url.starts_with('/') {
+        let listen = std::env::var("FIBD_LISTEN").unwrap_or_default();
+        let listen = listen
+            .parse()
+            .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+        resolved = format!("http://{}{url}", watchdog::probe_address(listen));
+        resolved.as_str()
+    } else {
+        url
+    };
+    let target = match probe::Target::parse(url) {
+        Ok(target) => target,
+        Err(reason) => {
+            eprintln!("fibd probe: {reason}");
+            return ExitCode::from(2);
+        }
+    };
+    match probe::get_status(target.addr, &target.path, Duration::from_millis(timeout_ms)) {
+        Ok(status) if (200..300).contains(&status) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("fibd probe: {url} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("fibd probe: {url}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    let started = Instant::now();
+    let (state, recovered) = match StateFile::open(&config.state_file) {
+        Ok(opened) => opened,
+        Err(err) => {
+            log::error("state_file_unusable", &[("error", &err)]);
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(err) = &recovered.other_slot_error {
+        // Expected after a crash in the middle of a write; worth a line, not a refusal.
+        log::warn(
+            "state_slot_invalid",
+            &[
+                ("state_file", &config.state_file.display()),
+                ("error", err),
+                ("recovered_sequence", &recovered.slot.sequence),
+            ],
+        );
+    }
+    let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
+    let listener = match http_edge::bind(config.listen, idle_timeout) {
+        Ok(listener) => listener,
+        Err(err) => {
+            log::error(
+                "listen_failed",
+                &[("address", &config.listen), ("error", &err)],
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let local_addr = listener.local_addr().unwrap_or(config.listen);
+
+    let (events_tx, events_rx) = bounded::<Event>(16);
+    let signal_tx = events_tx.clone();
+    if let Err(err) = ctrlc::set_handler(move || {
+        let _ = signal_tx.try_send(Event::Signal);
+    }) {
+        log::error("signal_handler_failed", &[("error", &err)]);
+        return ExitCode::FAILURE;
+    }
+    let fatal = move |what: &'static str| {
+        let tx = events_tx.clone();
+        move |reason: String| {
+            let _ = tx.try_send(Event::Fatal(what, reason));
+        }
+    };
+
+    let index = recovered.slot.cursor.index();
+    let published = Arc::new(Published::new(recovered.slot.cursor));
+    let metrics = Arc::new(Metrics::new());
+    let edge = Edge::new(
+        Arc::clone(&published),
+        Arc::clone(&metrics),
+        config.access_log,
+        idle_timeout,
+    );
+    let http_edge::Started {
+        threads,
+        steps,
+        replies,
+    } = match http_edge::start(&edge, listener, config.workers, fatal("deaf")) {
+        Ok(started) => started,
+        Err(err) => {
+            log::error("start_failed", &[("error", &err)]);
+            return ExitCode::FAILURE;
+        }
+    };
+    let on_storage_failure = fatal("storage_failed");
+    let batch_ops_max = config.batch_ops_max;
+    let owner = thread::Builder::new()
+        .name("state-owner".into())
+        .spawn(move || {
+            let deliver = |ticket, outcome| replies.deliver(ticket, outcome);
+            state_owner::run(
+                state,
+                &published,
+                &metrics,
+                steps,
+                batch_ops_max,
+                deliver,
+                |err| {
+                    log::error("storage_failed", &[("error", err)]);
+                    on_storage_failure(err.to_string());
+                },
+            )
+        });
+    let owner = match owner {
+        Ok(handle) => handle,
+        Err(err) => {
+            log::error("start_failed", &[("error", &err)]);
+            return ExitCode::FAILURE;
+        }
+    };
+    let on_deaf = fatal("deaf");
+    let watched = Arc::clone(&edge);
+    let notifier = Arc::new(Notifier::from_env());
+    let alive = Arc::clone(&notifier);
+    let _watchdog = thread::Builder::new()
+        .name("watchdog".into())
+        .spawn(move || {
+            // systemd's watchdog is fed only by a successful probe through our own socket,
+            // so systemd restarts a hung server, not just a dead one.
+            watchdog::run(
+                watchdog::probe_address(local_addr),
+                watchdog::interval(idle_timeout),
+                watchdog::deaf_after(idle_timeout),
+                || watched.is_stopping(),
+                || alive.send("WATCHDOG=1"),
+                on_deaf,
+            )
+        });
+
+    log::info(
+        "start",
+        &[
+            ("version", &env!("CARGO_PKG_VERSION")),
+            ("listen", &local_addr),
+            ("state_file", &config.state_file.display()),
+            ("index", &index),
+            ("sequence", &recovered.slot.sequence),
+            ("workers", &config.workers),
+            ("batch_max", &config.batch_ops_max),
+            ("access_log", &config.access_log),
+            ("idle_timeout_ms", &config.idle_timeout_ms),
+            (
+                "startup_ms",
+                &format!("{:.1}", started.elapsed().as_secs_f64() * 1e3),
+            ),
+        ],
+    );
+
+    notifier.send("READY=1");
+
+    let code = match events_rx.recv() {
+        Ok(Event::Signal) | Err(_) => {
+            log::info("shutdown", &[("reason", &"signal")]);
+            ExitCode::SUCCESS
+        }
+        Ok(Event::Fatal(what, reason)) => {
+            log::error("shutdown", &[("reason", &what), ("detail", &reason)]);
+            ExitCode::FAILURE
+        }
+    };
+    notifier.send("STOPPING=1");
+    edge.stop();
+
+    // Every acknowledged step is already durable, so waiting is only for in-flight replies;
+    // the grace period bounds it.
+    let (done_tx, done_rx) = bounded::<()>(1);
+    let _joiner = thread::Builder::new().name("joiner".into()).spawn(move || {
+        for handle in threads {
+            let _ = handle.join();
+        }
+        let _ = owner.join();
+        let _ = done_tx.send(());
+    });
+    match done_rx.recv_timeout(Duration::from_millis(limits::SHUTDOWN_GRACE_MS)) {
+        Ok(()) => log::info("stopped", &[("index", &edge.durable_index())]),
+        Err(_) => log::warn(
+            "stopped",
+            &[
+                ("index", &edge.durable_index()),
+                ("note", &"grace period over; in-flight replies dropped"),
+            ],
+        ),
+    }
+    code
+}

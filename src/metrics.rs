@@ -1,0 +1,448 @@
+//! Counters and histograms for `/metrics`, in the Prometheus text exposition format.
+//! Recording is a few relaxed atomic additions on the request path, with no lock; the
+//! process figures (memory, descriptors, sockets) are read from /proc only when scraped.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The routes requests are counted by. `Other` is every request that matched no route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteLabel {
+    Index,
+    Current,
+    Next,
+    Previous,
+    Fib,
+    FibList,
+    Healthz,
+    Readyz,
+    Metrics,
+    Other,
+}
+
+impl RouteLabel {
+    /// The label for a request target, whatever its method and whether or not it is valid.
+    pub fn of_target(target: &str) -> RouteLabel {
+        let path = target.split_once('?').map_or(target, |(path, _)| path);
+        match path {
+            "/" => RouteLabel::Index,
+            "/current" => RouteLabel::Current,
+            "/next" => RouteLabel::Next,
+            "/previous" => RouteLabel::Previous,
+            "/fib" => RouteLabel::FibList,
+            "/healthz" => RouteLabel::Healthz,
+            "/readyz" => RouteLabel::Readyz,
+            "/metrics" => RouteLabel::Metrics,
+            p if p.starts_with("/fib/") => RouteLabel::Fib,
+            _ => RouteLabel::Other,
+        }
+    }
+}
+
+const ROUTES: [(RouteLabel, &str); 10] = [
+    (RouteLabel::Index, "/"),
+    (RouteLabel::Current, "/current"),
+    (RouteLabel::Next, "/next"),
+    (RouteLabel::Previous, "/previous"),
+    (RouteLabel::Fib, "/fib/{n}"),
+    (RouteLabel::FibList, "/fib"),
+    (RouteLabel::Healthz, "/healthz"),
+    (RouteLabel::Readyz, "/readyz"),
+    (RouteLabel::Metrics, "/metrics"),
+    (RouteLabel::Other, "other"),
+];
+
+/// The status codes fibd answers with; anything else (tiny_http's own 4xx) counts as "other".
+const CODES: [u16; 11] = [200, 400, 404, 405, 409, 414, 422, 431, 500, 503, 0];
+
+fn code_slot(status: u16) -> usize {
+    CODES
+        .iter()
+        .position(|&c| c == status)
+        .unwrap_or(CODES.len() - 1)
+}
+
+/// A histogram with fixed upper bounds, in the unit of its observations.
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    /// Records one observation. The sum is kept in millionths of the unit, which is exact
+    /// for counts and microsecond-exact for durations in seconds.
+    pub fn observe(&self, value: f64) {
+        if let Some(i) = self.bounds.iter().position(|&b| value <= b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.sum_micros
+            .fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn sum(&self) -> f64 {
+        self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = self.count();
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum());
+        let _ = writeln!(out, "{name}_count{braces} {count}");
+    }
+}
+
+/// Request latency bounds in seconds: from 50 µs (a read on an idle server) to 1 s.
+const LATENCY_BOUNDS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+/// Commit (write + fdatasync) latency bounds in seconds: from 100 µs (battery-backed cache)
+/// to 5 s (a disk in trouble).
+const COMMIT_BOUNDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0,
+];
+/// Steps per commit: powers of two up to the largest batch.
+const BATCH_BOUNDS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
+
+/// Every figure fibd keeps about itself.
+pub struct Metrics {
+    requests: Vec<AtomicU64>,
+    /// Latency of reads (answered by workers) and of steps (answered after their commit).
+    pub read_latency: Histogram,
+    pub step_latency: Histogram,
+    pub commit_latency: Histogram,
+    pub commit_steps: Histogram,
+    pub state_write_errors: AtomicU64,
+    /// Requests answered 503 because a queue was full.
+    pub requests_shed: AtomicU64,
+    /// Connections closed unanswered because file descriptors ran out.
+    pub connections_shed: AtomicU64,
+    /// Accept loops that failed and were restarted.
+    pub accept_failures: AtomicU64,
+    start_time_seconds: f64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let start = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        Metrics {
+            requests: (0..ROUTES.len() * CODES.len())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            read_latency: Histogram::new(LATENCY_BOUNDS),
+            step_latency: Histogram::new(LATENCY_BOUNDS),
+            commit_latency: Histogram::new(COMMIT_BOUNDS),
+            commit_steps: Histogram::new(BATCH_BOUNDS),
+            state_write_errors: AtomicU64::new(0),
+            requests_shed: AtomicU64::new(0),
+            connections_shed: AtomicU64::new(0),
+            accept_failures: AtomicU64::new(0),
+            start_time_seconds: start.as_secs_f64(),
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, route: RouteLabel, status: u16, step: bool, elapsed: Duration) {
+        let r = ROUTES
+            .iter()
+            .position(|(l, _)| *l == route)
+            .unwrap_or(ROUTES.len() - 1);
+        self.requests[r * CODES.len() + code_slot(status)].fetch_add(1, Ordering::Relaxed);
+        let histogram = if step {
+            &self.step_latency
+        } else {
+            &self.read_latency
+        };
+        histogram.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn requests_total(&self, route: RouteLabel, status: u16) -> u64 {
+        let r = ROUTES.iter().position(|(l, _)| *l == route).unwrap();
+        self.requests[r * CODES.len() + code_slot(status)].load(Ordering::Relaxed)
+    }
+
+    /// The exposition text. `index` and `ready` come from the state owner and the edge;
+    /// `listening` is how many of our descriptors are listening sockets (the edge knows).
+    pub fn render(&self, index: u8, ready: bool, version: &str, listening: u64) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+        };
+
+        family(
+            &mut out,
+            "fibd_requests_total",
+            "counter",
+            "HTTP requests answered, by route and status code.",
+        );
+        for (r, (_, route)) in ROUTES.iter().enumerate() {
+            for (c, &code) in CODES.iter().enumerate() {
+                let n = self.requests[r * CODES.len() + c].load(Ordering::Relaxed);
+                if n > 0 {
+                    let code = if code == 0 {
+                        "other".to_string()
+                    } else {
+                        code.to_string()
+                    };
+                    let _ = writeln!(
+                        out,
+                        "fibd_requests_total{{route=\"{route}\",code=\"{code}\"}} {n}"
+                    );
+                }
+            }
+        }
+        family(
+            &mut out,
+            "fibd_request_duration_seconds",
+            "histogram",
+            "Time from a request's arrival at the acceptor to its reply written; steps include their commit.",
+        );
+        self.read_latency
+            .render(&mut out, "fibd_request_duration_seconds", "kind=\"read\"");
+        self.step_latency
+            .render(&mut out, "fibd_request_duration_seconds", "kind=\"step\"");
+        family(
+            &mut out,
+            "fibd_cursor_index",
+            "gauge",
+            "Index n of the durable cursor, which holds F(n).",
+        );
+        let _ = writeln!(out, "fibd_cursor_index {index}");
+        family(
+            &mut out,
+            "fibd_ready",
+            "gauge",
+            "1 while the state is loaded, the last write succeeded and fibd is not shutting down.",
+        );
+        let _ = writeln!(out, "fibd_ready {}", u8::from(ready));
+        family(
+            &mut out,
+            "fibd_commits_total",
+            "counter",
+            "Commits of the state file (one write and fdatasync each).",
+        );
+        let _ = writeln!(out, "fibd_commits_total {}", self.commit_steps.count());
+        family(
+            &mut out,
+            "fibd_commit_steps",
+            "histogram",
+            "Steps acknowledged by one commit (group commit batch size).",
+        );
+        self.commit_steps.render(&mut out, "fibd_commit_steps", "");
+        family(
+            &mut out,
+            "fibd_commit_duration_seconds",
+            "histogram",
+            "Time to write and fdatasync one commit.",
+        );
+        self.commit_latency
+            .render(&mut out, "fibd_commit_duration_seconds", "");
+        for (name, help, value) in [
+            (
+                "fibd_state_write_errors_total",
+                "Failed writes or fdatasyncs of the state file; the first one makes fibd exit.",
+                &self.state_write_errors,
+            ),
+            (
+                "fibd_requests_shed_total",
+                "Requests answered 503 at once because a bounded queue was full.",
+                &self.requests_shed,
+            ),
+            (
+                "fibd_connections_shed_total",
+                "Connections closed unanswered because file descriptors ran out.",
+                &self.connections_shed,
+            ),
+            (
+                "fibd_accept_failures_total",
+                "Accept loops that failed and were restarted.",
+                &self.accept_failures,
+            ),
+        ] {
+            family(&mut out, name, "counter", help);
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
+        let process = ProcessFigures::read();
+        family(
+            &mut out,
+            "fibd_open_connections",
+            "gauge",
+            "Client connections open (sockets held other than listening ones; includes the watchdog's probe while it runs).",
+        );
+        let _ = writeln!(
+            out,
+            "fibd_open_connections {}",
+            process.sockets.saturating_sub(listening)
+        );
+        family(
+            &mut out,
+            "fibd_build_info",
+            "gauge",
+            "Always 1; the version is in the label.",
+        );
+        let _ = writeln!(out, "fibd_build_info{{version=\"{version}\"}} 1");
+        family(
+            &mut out,
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since the Unix epoch, in seconds.",
+        );
+        let _ = writeln!(
+            out,
+            "process_start_time_seconds {:.3}",
+            self.start_time_seconds
+        );
+        family(
+            &mut out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        let _ = writeln!(
+            out,
+            "process_resident_memory_bytes {}",
+            process.resident_bytes
+        );
+        family(
+            &mut out,
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+        );
+        let _ = writeln!(out, "process_open_fds {}", process.open_fds);
+        if let Some(max) = process.max_fds {
+            family(
+                &mut out,
+                "process_max_fds",
+                "gauge",
+                "Maximum number of open file descriptors.",
+            );
+            let _ = writeln!(out, "process_max_fds {max}");
+        }
+        out
+    }
+}
+
+/// Figures about the process read from /proc at scrape time.
+struct ProcessFigures {
+    resident_bytes: u64,
+    open_fds: u64,
+    max_fds: Option<u64>,
+    sockets: u64,
+}
+
+impl ProcessFigures {
+    fn read() -> ProcessFigures {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let resident_bytes = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024);
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let max_fds = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .and_then(|l| l.split_whitespace().nth(3))
+            .and_then(|v| v.parse().ok());
+        let (mut open_fds, mut sockets) = (0, 0);
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            for entry in entries.flatten() {
+                open_fds += 1;
+                if let Ok(target) = std::fs::read_link(entry.path()) {
+                    let target = target.to_string_lossy();
+                    if target.starts_with("socket:[") {
+                        sockets += 1;
+                    }
+                }
+            }
+        }
+        ProcessFigures {
+            resident_bytes,
+            open_fds,
+            max_fds,
+            sockets,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::new(&[1.0, 2.0]);
+        for v in [0.5, 1.5, 1.5, 3.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "");
+        assert_eq!(
+            out,
+            "x_bucket{le=\"1\"} 1\nx_bucket{le=\"2\"} 3\nx_bucket{le=\"+Inf\"} 4\nx_sum 6.5\nx_count 4\n"
+        );
+    }
+
+    #[test]
+    fn render_names_every_family_once() {
+        let m = Metrics::new();
+        m.request(RouteLabel::Next, 200, true, Duration::from_micros(300));
+        m.request(RouteLabel::Other, 404, false, Duration::from_micros(30));
+        let text = m.render(5, true, "0.1.0", 2);
+        assert!(
+            text.contains("fibd_requests_total{route=\"/next\",code=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("fibd_requests_total{route=\"other\",code=\"404\"} 1"));
+        assert!(text.contains("fibd_cursor_index 5"));
+        assert!(text.contains("fibd_build_info{version=\"0.1.0\"} 1"));
+        assert!(text.contains("process_resident_memory_bytes "));
+        let types = text
+            .lines()
+            .filter(|l| l.starts_with("# TYPE fibd_request_duration_seconds"))
+            .count();
+        assert_eq!(types, 1);
+    }
+}

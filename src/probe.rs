@@ -1,0 +1,104 @@
+//! A minimal HTTP GET over TCP with a deadline, for `fibd probe URL` (the container's
+//! HEALTHCHECK, which has no curl) and for the watchdog that probes our own socket.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// Longest status line we read; anything longer is not an HTTP answer.
+const STATUS_LINE_BYTES_MAX: usize = 256;
+
+/// A parsed `http://HOST:PORT/PATH` URL. HOST must be an IP address or `localhost`: the
+/// scratch image has no resolver, and a health check should not depend on DNS anyway.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub path: String,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let rest = url
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("{url:?} is not an http:// URL"))?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
+                host,
+                port.parse::<u16>()
+                    .map_err(|_| format!("{url:?} has a bad port"))?,
+            ),
+            _ => (authority, 80),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
+            IpAddr::V4(Ipv4Addr::LOCALHOST)
+        } else {
+            host.parse()
+                .map_err(|_| format!("{url:?}: host must be an IP address or localhost"))?
+        };
+        if path
+            .bytes()
+            .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(format!(
+                "{url:?}: the path contains spaces or control characters"
+            ));
+        }
+        Ok(Target {
+            addr: SocketAddr::new(ip, port),
+            path: path.to_string(),
+        })
+    }
+}
+
+/// Sends `GET path` and returns the status code of the answer, all within `timeout` per step.
+pub fn get_status(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes())?;
+    let mut head = Vec::with_capacity(64);
+    let mut byte = [0u8; 1];
+    while head.len() < STATUS_LINE_BYTES_MAX {
+        if stream.read(&mut byte)? == 0 || byte[0] == b'\n' {
+            break;
+        }
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let mut parts = line.split(' ');
+    match (
+        parts.next(),
+        parts.next().and_then(|c| c.trim().parse::<u16>().ok()),
+    ) {
+        (Some(version), Some(code)) if version.starts_with("HTTP/1.") => Ok(code),
+        _ => Err(io::Error::other(format!("not an HTTP answer: {line:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let t = Target::parse("http://127.0.0.1:8080/healthz").unwrap();
+        assert_eq!(t.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(t.path, "/healthz");
+        let t = Target::parse("http://[::1]:9/readyz?x=1").unwrap();
+        assert_eq!(t.addr.to_string(), "[::1]:9");
+        assert_eq!(t.path, "/readyz?x=1");
+        assert_eq!(
+            Target::parse("http://localhost").unwrap().addr.to_string(),
+            "127.0.0.1:80"
+        );
+        assert!(Target::parse("https://127.0.0.1/").is_err());
+        assert!(Target::parse("http://example.com/").is_err());
+        assert!(Target::parse("http://127.0.0.1:x/").is_err());
+    }
+}

@@ -1,0 +1,623 @@
+//! The HTTP contract, free of any server library: which request target and method map to
+//! which action, and how every answer and error is spelled in plain text and in JSON.
+//! Pure functions of their input, so they are unit-tested and fuzzed directly.
+
+use std::fmt::Write as _;
+
+use crate::cursor::{Bound, Step};
+use crate::fib;
+use crate::limits;
+
+/// Longest piece of client input echoed back in an error message; longer input is cut, so a
+/// hostile request cannot make us build a large error body.
+const ECHO_BYTES_MAX: usize = 64;
+
+/// The largest `N` accepted by `/fib?n=N`: the whole table, F(0)..=F(186).
+pub const LIST_LEN_MAX: u64 = fib::TABLE_LEN as u64;
+
+/// How the client asked to be answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Text,
+    Json,
+    /// The Prometheus text exposition format, for `/metrics` only.
+    Prometheus,
+}
+
+impl Format {
+    /// JSON when the `Accept` header names `application/json`, plain text otherwise.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        match accept {
+            Some(value) if contains_ignore_case(value, "application/json") => Format::Json,
+            _ => Format::Text,
+        }
+    }
+}
+
+/// What a well-formed request asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    Index,
+    Current,
+    Step(Step),
+    Fib(u8),
+    FibList(u8),
+    Health,
+    Ready,
+    Metrics,
+}
+
+/// A finished answer: status, body and the headers that vary between answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub format: Format,
+    /// Set on every answer about the cursor, whose value changes under the client's feet.
+    pub no_store: bool,
+    /// The methods a route accepts, for 405 answers.
+    pub allow: Option<&'static str>,
+    /// Seconds, for 503 answers that are worth retrying.
+    pub retry_after: Option<u32>,
+}
+
+impl Reply {
+    fn ok(format: Format, body: String) -> Reply {
+        Reply {
+            status: 200,
+            body,
+            format,
+            no_store: false,
+            allow: None,
+            retry_after: None,
+        }
+    }
+
+    /// An error answer: a one-line message, or `{"error":code,"message":...}` in JSON.
+    pub fn error(status: u16, code: &'static str, message: &str, format: Format) -> Reply {
+        let body = match format {
+            Format::Text | Format::Prometheus => format!("{message}\n"),
+            Format::Json => {
+                let mut body = String::with_capacity(message.len() + code.len() + 32);
+                body.push_str("{\"error\":\"");
+                body.push_str(code);
+                body.push_str("\",\"message\":");
+                push_json_string(&mut body, message);
+                body.push_str("}\n");
+                body
+            }
+        };
+        Reply {
+            status,
+            body,
+            format,
+            no_store: false,
+            allow: None,
+            retry_after: None,
+        }
+    }
+
+    fn cursor_related(mut self) -> Reply {
+        self.no_store = true;
+        self
+    }
+}
+
+/// The sizes and facts of a request head that are checked before routing.
+#[derive(Clone, Debug, Default)]
+pub struct Head {
+    pub target_bytes: usize,
+    pub header_bytes: usize,
+    pub header_fields: usize,
+    /// An HTTP/1.1 request without a Host header, which RFC 9112 says to refuse.
+    pub missing_host: bool,
+}
+
+/// Refuses request heads past the limits (414, 431) and HTTP/1.1 requests without Host (400).
+pub fn check_head(head: &Head, format: Format) -> Result<(), Reply> {
+    if head.target_bytes > limits::TARGET_BYTES_MAX {
+        let message = format!(
+            "the request target is {} bytes; at most {} are served",
+            head.target_bytes,
+            limits::TARGET_BYTES_MAX
+        );
+        return Err(Reply::error(414, "target_too_long", &message, format));
+    }
+    if head.header_bytes > limits::HEADER_BYTES_MAX
+        || head.header_fields > limits::HEADER_FIELDS_MAX
+    {
+        let message = format!(
+            "the request has {} header fields and {} header bytes; at most {} and {} are served",
+            head.header_fields,
+            head.header_bytes,
+            limits::HEADER_FIELDS_MAX,
+            limits::HEADER_BYTES_MAX
+        );
+        return Err(Reply::error(431, "headers_too_large", &message, format));
+    }
+    if head.missing_host {
+        return Err(Reply::error(
+            400,
+            "missing_host",
+            "an HTTP/1.1 request needs a Host header",
+            format,
+        ));
+    }
+    Ok(())
+}
+
+/// Maps a method and request target to a route, or to the error answer that explains why not.
+/// `has_body` is true when the request announced a non-empty body, which no route accepts.
+pub fn route(method: &str, target: &str, has_body: bool, format: Format) -> Result<Route, Reply> {
+    let target = strip_absolute_form(target);
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let (route, allow): (Route, &'static str) = match path {
+        "/" => (Route::Index, "GET, HEAD"),
+        "/current" => (Route::Current, "GET, HEAD"),
+        "/next" => (Route::Step(Step::Next), "GET, POST"),
+        "/previous" => (Route::Step(Step::Previous), "GET, POST"),
+        "/healthz" => (Route::Health, "GET, HEAD"),
+        "/readyz" => (Route::Ready, "GET, HEAD"),
+        "/metrics" => (Route::Metrics, "GET, HEAD"),
+        "/fib" => (Route::FibList(0), "GET, HEAD"),
+        _ => match path.strip_prefix("/fib/") {
+            // `n` is checked below, after the method, so a wrong method is always a 405.
+            Some(_) => (Route::Fib(0), "GET, HEAD"),
+            None => {
+                let message = format!("no route for {}; GET / lists the routes", echo(path));
+                return Err(Reply::error(404, "not_found", &message, format));
+            }
+        },
+    };
+    if !allow.split(", ").any(|m| m == method) {
+        let message = format!(
+            "method {} is not allowed on {}; allowed: {allow}",
+            echo(method),
+            echo(path)
+        );
+        let mut reply = Reply::error(405, "method_not_allowed", &message, format);
+        reply.allow = Some(allow);
+        return Err(reply);
+    }
+    if has_body {
+        let message = format!("{path} takes no request body; send the request without one");
+        return Err(Reply::error(400, "unexpected_body", &message, format));
+    }
+    match route {
+        Route::Fib(_) => {
+            let n = path.strip_prefix("/fib/").unwrap_or_default();
+            Ok(Route::Fib(check_n(n, format)?))
+        }
+        Route::FibList(_) => Ok(Route::FibList(list_len(query, format)?)),
+        other => Ok(other),
+    }
+}
+
+/// Validates the `{n}` of `/fib/{n}`: 400 unless a plain decimal, 422 past F(186).
+fn check_n(n: &str, format: Format) -> Result<u8, Reply> {
+    match parse_plain_decimal(n) {
+        Decimal::Invalid => Err(Reply::error(
+            400,
+            "invalid_n",
+            &format!(
+                "n must be a plain decimal integer (digits only, no sign, spaces or leading \
+                 zeros) with 0 <= n <= {}; got {}",
+                fib::INDEX_MAX,
+                echo(n)
+            ),
+            format,
+        )),
+        Decimal::Value(v) if v <= u64::from(fib::INDEX_MAX) => Ok(v as u8),
+        Decimal::Value(_) | Decimal::TooLarge => Err(Reply::error(
+            422,
+            "out_of_range",
+            &format!(
+                "F({}) does not fit in 128 bits; n must be 0 <= n <= {}",
+                echo(n),
+                fib::INDEX_MAX
+            ),
+            format,
+        )),
+    }
+}
+
+/// Validates the query of `/fib?n=N`: exactly one parameter `n`, 0 <= N <= 187.
+fn list_len(query: Option<&str>, format: Format) -> Result<u8, Reply> {
+    let invalid = |message: String| Reply::error(400, "invalid_n", &message, format);
+    let mut value = None;
+    for pair in query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        match pair.split_once('=') {
+            Some(("n", v)) if value.is_none() => value = Some(v),
+            Some(("n", _)) => return Err(invalid("query parameter n is given twice".into())),
+            _ => {
+                return Err(invalid(format!(
+                    "unknown query parameter {}; /fib takes only n",
+                    echo(pair)
+                )));
+            }
+        }
+    }
+    let Some(n) = value else {
+        return Err(invalid(format!(
+            "/fib needs ?n=N, the count of numbers to list, 0 <= N <= {LIST_LEN_MAX}"
+        )));
+    };
+    match parse_plain_decimal(n) {
+        Decimal::Value(v) if v <= LIST_LEN_MAX => Ok(v as u8),
+        Decimal::Invalid => Err(invalid(format!(
+            "N must be a plain decimal integer (digits only, no sign, spaces or leading zeros) \
+             with 0 <= N <= {LIST_LEN_MAX}; got {}",
+            echo(n)
+        ))),
+        Decimal::Value(_) | Decimal::TooLarge => Err(Reply::error(
+            422,
+            "out_of_range",
+            &format!(
+                "N = {} would list numbers past F(186), which do not fit in 128 bits; \
+                 N must be 0 <= N <= {LIST_LEN_MAX}",
+                echo(n)
+            ),
+            format,
+        )),
+    }
+}
+
+enum Decimal {
+    Value(u64),
+    /// All digits, but more than a u64 holds: certainly out of range, never an overflow.
+    TooLarge,
+    Invalid,
+}
+
+/// Digits only, no sign, no leading zeros (except "0" itself), no spaces or escapes.
+fn parse_plain_decimal(s: &str) -> Decimal {
+    let bytes = s.as_bytes();
+    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+        return Decimal::Invalid;
+    }
+    if bytes.len() > 1 && bytes[0] == b'0' {
+        return Decimal::Invalid;
+    }
+    match s.parse::<u64>() {
+        Ok(v) => Decimal::Value(v),
+        Err(_) => Decimal::TooLarge,
+    }
+}
+
+/// The answer for a cursor position or a single table entry.
+pub fn number(index: u8, format: Format) -> Reply {
+    let value = fib::decimal(index.into()).expect("routes only produce indices in the table");
+    let body = match format {
+        Format::Text | Format::Prometheus => {
+            let mut body = String::with_capacity(value.len() + 1);
+            body.push_str(value);
+            body.push('\n');
+            body
+        }
+        Format::Json => format!("{{\"index\":{index},\"value\":\"{value}\"}}\n"),
+    };
+    Reply::ok(format, body)
+}
+
+/// The answer for `/current`, `/next` and `/previous`.
+pub fn cursor(index: u8, format: Format) -> Reply {
+    number(index, format).cursor_related()
+}
+
+/// The 409 answer for a step that would leave the table.
+pub fn bound(bound: Bound, format: Format) -> Reply {
+    let (code, message) = match bound {
+        Bound::AtEnd => (
+            "at_end",
+            "the cursor is at F(186), the largest Fibonacci number that fits in 128 bits; \
+             next would overflow (valid index range 0..=186), cursor unchanged",
+        ),
+        Bound::AtStart => (
+            "at_start",
+            "the cursor is at F(0); there is no previous number (valid index range 0..=186), \
+             cursor unchanged",
+        ),
+    };
+    Reply::error(409, code, message, format).cursor_related()
+}
+
+/// The 503 answer for steps that could not be made durable.
+pub fn unavailable(format: Format) -> Reply {
+    Reply::error(
+        503,
+        "unavailable",
+        "the state file could not be written, so the step was not made; fibd is exiting and \
+         its supervisor will restart it from the last durable state",
+        format,
+    )
+    .cursor_related()
+}
+
+/// The 503 answer when a bounded queue is full.
+pub fn overloaded(format: Format) -> Reply {
+    let mut reply = Reply::error(
+        503,
+        "overloaded",
+        "fibd is at its request queue limit; retry shortly",
+        format,
+    );
+    reply.retry_after = Some(1);
+    reply
+}
+
+/// The first `len` table entries, one per line (JSON: an array of strings).
+pub fn list(len: u8, format: Format) -> Reply {
+    let values = (0..u64::from(len)).map(|n| fib::decimal(n).expect("len <= 187"));
+    let mut body = String::with_capacity(usize::from(len) * 24 + 4);
+    match format {
+        Format::Text | Format::Prometheus => {
+            for v in values {
+                body.push_str(v);
+                body.push('\n');
+            }
+        }
+        Format::Json => {
+            body.push('[');
+            for (i, v) in values.enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                let _ = write!(body, "\"{v}\"");
+            }
+            body.push_str("]\n");
+        }
+    }
+    Reply::ok(format, body)
+}
+
+pub fn health(format: Format) -> Reply {
+    Reply::ok(
+        format,
+        match format {
+            Format::Json => "{\"status\":\"ok\"}\n".into(),
+            _ => "ok\n".into(),
+        },
+    )
+}
+
+pub fn ready(is_ready: bool, format: Format) -> Reply {
+    if is_ready {
+        let body = match format {
+            Format::Json => "{\"status\":\"ready\"}\n".into(),
+            _ => "ready\n".into(),
+        };
+        Reply::ok(format, body)
+    } else {
+        Reply::error(
+            503,
+            "not_ready",
+            "not ready: the state file is not writable or fibd is shutting down",
+            format,
+        )
+    }
+}
+
+/// The `/metrics` answer: `text` is the exposition, whatever the client's Accept header.
+pub fn metrics(text: String) -> Reply {
+    Reply::ok(Format::Prometheus, text)
+}
+
+pub fn index() -> Reply {
+    Reply::ok(Format::Text, INDEX.into())
+}
+
+const INDEX: &str = "\
+fibd: a durable cursor over the Fibonacci numbers F(0)..F(186)
+GET  /current        the number under the cursor
+POST /next           advance the cursor and return the new number (GET works too)
+POST /previous       step the cursor back and return the new number (GET works too)
+GET  /fib/{n}        F(n) for 0 <= n <= 186
+GET  /fib?n=N        F(0)..F(N-1), one per line, 0 <= N <= 187
+GET  /healthz        liveness
+GET  /readyz         readiness
+GET  /metrics        Prometheus metrics
+Send 'Accept: application/json' for JSON; numbers are strings there.
+";
+
+/// Accepts `http://host/path` request targets (absolute form) by dropping scheme and host.
+fn strip_absolute_form(target: &str) -> &str {
+    for scheme in ["http://", "https://"] {
+        if let Some(rest) = target.strip_prefix(scheme) {
+            return rest.find('/').map_or("/", |i| &rest[i..]);
+        }
+    }
+    target
+}
+
+/// Client input quoted for an error message, cut to a bounded length.
+fn echo(input: &str) -> String {
+    let mut out = String::from("\"");
+    for (i, c) in input.chars().enumerate() {
+        if i == ECHO_BYTES_MAX {
+            out.push_str("...");
+            break;
+        }
+        if c.is_ascii_graphic() || c == ' ' {
+            out.push(c);
+        } else {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn push_json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok(method: &str, target: &str) -> Route {
+        route(method, target, false, Format::Text).unwrap()
+    }
+
+    fn status(method: &str, target: &str) -> u16 {
+        route(method, target, false, Format::Text)
+            .unwrap_err()
+            .status
+    }
+
+    #[test]
+    fn routes_and_methods() {
+        assert_eq!(ok("GET", "/"), Route::Index);
+        assert_eq!(ok("HEAD", "/current"), Route::Current);
+        assert_eq!(ok("POST", "/next"), Route::Step(Step::Next));
+        assert_eq!(ok("GET", "/previous"), Route::Step(Step::Previous));
+        assert_eq!(ok("GET", "/fib/186"), Route::Fib(186));
+        assert_eq!(ok("GET", "/fib?n=187"), Route::FibList(187));
+        assert_eq!(ok("GET", "/fib?n=0"), Route::FibList(0));
+        assert_eq!(ok("GET", "/current?cache=bust"), Route::Current);
+        assert_eq!(ok("GET", "http://example/next"), Route::Step(Step::Next));
+        assert_eq!(status("DELETE", "/next"), 405);
+        assert_eq!(status("HEAD", "/next"), 405);
+        assert_eq!(status("POST", "/current"), 405);
+        assert_eq!(status("GET", "/nope"), 404);
+        assert_eq!(status("GET", "/current/"), 404);
+        assert_eq!(status("GET", "//current"), 404);
+        let reply = route("PUT", "/previous", false, Format::Text).unwrap_err();
+        assert_eq!(reply.allow, Some("GET, POST"));
+    }
+
+    #[test]
+    fn n_validation() {
+        for bad in [
+            "", "-1", "+1", " 1", "1 ", "01", "00", "1.0", "1e3", "%31", "abc", "0x10", "١",
+        ] {
+            assert_eq!(status("GET", &format!("/fib/{bad}")), 400, "{bad:?}");
+        }
+        for big in [
+            "187",
+            "1000",
+            "18446744073709551616",
+            "99999999999999999999999999999",
+        ] {
+            assert_eq!(status("GET", &format!("/fib/{big}")), 422, "{big}");
+        }
+        assert_eq!(status("GET", "/fib/1/2"), 400);
+        assert_eq!(status("GET", "/fib?n=188"), 422);
+        assert_eq!(status("GET", "/fib?n=-1"), 400);
+        assert_eq!(status("GET", "/fib"), 400);
+        assert_eq!(status("GET", "/fib?n=1&n=2"), 400);
+        assert_eq!(status("GET", "/fib?m=1"), 400);
+    }
+
+    #[test]
+    fn oversized_heads_and_missing_host() {
+        let ok = Head {
+            target_bytes: 10,
+            header_bytes: 100,
+            header_fields: 3,
+            missing_host: false,
+        };
+        assert!(check_head(&ok, Format::Text).is_ok());
+        let status = |head: Head| check_head(&head, Format::Text).unwrap_err().status;
+        assert_eq!(
+            status(Head {
+                target_bytes: limits::TARGET_BYTES_MAX + 1,
+                ..ok.clone()
+            }),
+            414
+        );
+        assert_eq!(
+            status(Head {
+                header_bytes: limits::HEADER_BYTES_MAX + 1,
+                ..ok.clone()
+            }),
+            431
+        );
+        assert_eq!(
+            status(Head {
+                header_fields: limits::HEADER_FIELDS_MAX + 1,
+                ..ok.clone()
+            }),
+            431
+        );
+        assert_eq!(
+            status(Head {
+                missing_host: true,
+                ..ok
+            }),
+            400
+        );
+    }
+
+    #[test]
+    fn bodies_are_refused() {
+        let reply = route("POST", "/next", true, Format::Text).unwrap_err();
+        assert_eq!(reply.status, 400);
+    }
+
+    #[test]
+    fn answers_in_both_formats() {
+        assert_eq!(cursor(3, Format::Text).body, "2\n");
+        assert_eq!(
+            cursor(3, Format::Json).body,
+            "{\"index\":3,\"value\":\"2\"}\n"
+        );
+        assert!(cursor(3, Format::Text).no_store);
+        assert_eq!(list(4, Format::Text).body, "0\n1\n1\n2\n");
+        assert_eq!(list(3, Format::Json).body, "[\"0\",\"1\",\"1\"]\n");
+        assert_eq!(list(0, Format::Json).body, "[]\n");
+        let err = route("GET", "/x\"y", false, Format::Json).unwrap_err();
+        assert!(
+            err.body
+                .starts_with("{\"error\":\"not_found\",\"message\":\"no route for \\\"/x\\\"y"),
+            "{}",
+            err.body
+        );
+    }
+
+    #[test]
+    fn accept_header_negotiation() {
+        assert_eq!(Format::from_accept(None), Format::Text);
+        assert_eq!(Format::from_accept(Some("text/plain")), Format::Text);
+        assert_eq!(Format::from_accept(Some("Application/JSON")), Format::Json);
+        assert_eq!(
+            Format::from_accept(Some("text/html, application/json;q=0.9")),
+            Format::Json
+        );
+    }
+
+    #[test]
+    fn error_messages_are_one_bounded_line() {
+        let long = format!("/{}", "a".repeat(10_000));
+        let reply = route("GET", &long, false, Format::Text).unwrap_err();
+        assert!(reply.body.len() < 200);
+        assert_eq!(reply.body.matches('\n').count(), 1);
+        let reply = route("GET", "/\u{1}\r\n", false, Format::Text).unwrap_err();
+        assert_eq!(reply.body.matches('\n').count(), 1);
+    }
+}

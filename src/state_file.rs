@@ -1,0 +1,201 @@
+//! The state file on disk: creating it atomically, locking it, recovering the cursor from it,
+//! and committing a new cursor durably. Only the state owner thread calls `commit`.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::cursor::Cursor;
+use crate::error::{Cause, Error, Operation};
+use crate::slot::{self, Recovered, Slot};
+
+/// Where committed cursors go. The state owner is generic over it so tests can inject faults.
+pub trait Storage {
+    /// Makes `cursor` durable: when this returns `Ok`, a crash cannot lose it.
+    fn commit(&mut self, cursor: Cursor) -> Result<(), Error>;
+}
+
+/// An open, locked state file and the sequence number of its newest slot.
+#[derive(Debug)]
+pub struct StateFile {
+    file: File,
+    path: PathBuf,
+    sequence: u64,
+}
+
+impl StateFile {
+    /// Opens the state file at `path`, creating it (cursor at F(0)) if it does not exist,
+    /// takes its exclusive lock, and recovers the newest valid slot. A file with no valid slot
+    /// is an error and is left exactly as it was found.
+    pub fn open(path: &Path) -> Result<(StateFile, Recovered), Error> {
+        let file = match open_existing(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                create(path)?;
+                open_existing(path).map_err(|e| Error::io(Operation::Open, path, e))?
+            }
+            Err(err) => return Err(Error::io(Operation::Open, path, err)),
+        };
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error {
+                    operation: Operation::Lock,
+                    path: path.to_path_buf(),
+                    cause: Cause::Locked,
+                });
+            }
+            Err(fs::TryLockError::Error(err)) => {
+                return Err(Error::io(Operation::Lock, path, err));
+            }
+        }
+        let mut bytes = Vec::with_capacity(slot::FILE_BYTES);
+        // Read one byte past the expected size so an over-long file is noticed too.
+        (&file)
+            .take(slot::FILE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| Error::io(Operation::Read, path, e))?;
+        let recovered = slot::recover(&bytes).map_err(|err| Error {
+            operation: Operation::Recover,
+            path: path.to_path_buf(),
+            cause: Cause::Corrupt(err),
+        })?;
+        let state = StateFile {
+            file,
+            path: path.to_path_buf(),
+            sequence: recovered.slot.sequence,
+        };
+        Ok((state, recovered))
+    }
+}
+
+impl Storage for StateFile {
+    fn commit(&mut self, cursor: Cursor) -> Result<(), Error> {
+        // The sequence number only ever grows; u64 cannot wrap at any real commit rate.
+        let sequence = self.sequence + 1;
+        let bytes = slot::encode(Slot { sequence, cursor });
+        self.file
+            .write_all_at(&bytes, slot::offset_of(sequence))
+            .map_err(|e| Error::io(Operation::Write, &self.path, e))?;
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(Operation::Sync, &self.path, e))?;
+        self.sequence = sequence;
+        Ok(())
+    }
+}
+
+fn open_existing(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).open(path)
+}
+
+/// Creates a new state file so that it appears whole or not at all: the initial contents go
+/// to a private temporary file, are made durable, and are then hard-linked into place. Unlike
+/// a rename, the link fails if the file already exists, so two servers started at once on a
+/// missing file can never replace each other's file.
+fn create(path: &Path) -> Result<(), Error> {
+    let directory = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| {
+        Error::io(
+            Operation::Create,
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
+        )
+    })?;
+    let mut temp_name = file_name.to_os_string();
+    temp_name.push(format!(".new.{}", std::process::id()));
+    let temp = directory.join(temp_name);
+    let result = write_new(&temp).and_then(|()| match fs::hard_link(&temp, path) {
+        // Another server created it first; its file is as good as ours.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        other => other,
+    });
+    let _ = fs::remove_file(&temp);
+    result.map_err(|e| Error::io(Operation::Create, path, e))?;
+    File::open(&directory)
+        .and_then(|dir| dir.sync_all())
+        .map_err(|e| Error::io(Operation::SyncDirectory, path, e))
+}
+
+fn write_new(temp: &Path) -> io::Result<()> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        // The state is nobody else's business: owner read/write only.
+        .mode(0o600)
+        .open(temp)?;
+    file.write_all_at(&slot::initial_file(), 0)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fibd-unit-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn creates_commits_and_recovers() {
+        let dir = temp_dir("commit");
+        let path = dir.join("fibd.state");
+        let (mut state, recovered) = StateFile::open(&path).unwrap();
+        assert_eq!(recovered.slot.cursor, Cursor::START);
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        for index in [1, 2, 3, 2] {
+            state.commit(Cursor::at(index).unwrap()).unwrap();
+        }
+        drop(state);
+        let (_, recovered) = StateFile::open(&path).unwrap();
+        assert_eq!(recovered.slot.cursor.index(), 2);
+        assert_eq!(recovered.slot.sequence, 5);
+        let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
+        assert_eq!(leftovers.len(), 1, "temporary file left behind");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_open_is_refused_by_the_lock() {
+        let dir = temp_dir("lock");
+        let path = dir.join("fibd.state");
+        let (_held, _) = StateFile::open(&path).unwrap();
+        let err = StateFile::open(&path).unwrap_err();
+        assert!(matches!(err.cause, Cause::Locked), "{err}");
+        assert!(err.to_string().contains("fibd.state"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_file_is_refused_and_left_untouched() {
+        let dir = temp_dir("corrupt");
+        let path = dir.join("fibd.state");
+        let garbage: Vec<u8> = (0..slot::FILE_BYTES).map(|i| (i * 7) as u8).collect();
+        fs::write(&path, &garbage).unwrap();
+        let err = StateFile::open(&path).unwrap_err();
+        assert!(matches!(err.cause, Cause::Corrupt(_)), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), garbage);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_naming_the_file() {
+        let path = Path::new("/nonexistent-fibd-dir/fibd.state");
+        let err = StateFile::open(path).unwrap_err();
+        assert_eq!(err.operation, Operation::Create);
+        assert!(
+            err.to_string().contains("/nonexistent-fibd-dir/fibd.state"),
+            "{err}"
+        );
+    }
+}
