@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# The sh -c scripts run inside the container or namespace.
+# shellcheck disable=SC2016
+# scripts/install.sh, run as an operator would after
+#   scp -r fibd scripts/install.sh init HOST:
+# on a systemd host (a container booted with systemd) and on an OpenRC host (a
+# namespace over a Debian root with OpenRC): a first install, a second run that
+# upgrades in place keeping state and config, --uninstall keeping the state, a
+# reinstall that picks the kept state up, and --purge.
+# shellcheck source=tests/deploy/lib.sh
+. "$(dirname "$0")/lib.sh"
+need_root
+need_debootstrap
+
+# The files as they land in the operator's home directory on the target.
+upload="$WORK/upload"
+mkdir -p "$upload"
+cp "$FIBD_BIN" "$upload/fibd"
+cp "$REPO/scripts/install.sh" "$upload/install.sh"
+cp -r "$REPO/init" "$upload/init"
+
+# --- systemd ------------------------------------------------------------------
+systemd_host() {
+    if ! command -v podman >/dev/null 2>&1; then
+        skip "systemd host" "podman is not installed and could not be installed"
+        return 0
+    fi
+    if ! ensure_systemd_image >"$WORK/prepare-systemd.log" 2>&1; then
+        fail "build the systemd test image" "$(tail -n 5 "$WORK/prepare-systemd.log" | tr '\n' ' ')"
+        return 0
+    fi
+    local port base name out rc pid
+    port=$(free_port)
+    base="http://127.0.0.1:$port"
+    name="$RUN_ID-install"
+    on_exit "pm rm -f -t 0 $name"
+    pm run -d --name "$name" --systemd=always "${PM_RUN[@]}" \
+        -v "$upload:/root/upload:ro" "$SYSTEMD_IMAGE" /sbin/init >/dev/null
+    ex() { pm exec -w /root/upload "$name" "$@"; }
+    booted() { ex systemctl is-system-running 2>/dev/null | grep -Eq '^(running|degraded)$'; }
+    if ! wait_for 60 booted; then
+        fail "systemd boots in the container" "$(ex systemctl is-system-running 2>&1)"
+        return 0
+    fi
+
+    rc=0
+    out=$(ex sh ./install.sh --listen "127.0.0.1:$port" 2>&1) || rc=$?
+    indent "$out"
+    if [ "$rc" = 0 ] && echo "$out" | grep -q 'fibd is ready' && wait_ready "$base" 5; then
+        pass "systemd: install.sh installs, starts and waits for readiness"
+    else
+        fail "systemd: install.sh installs, starts and waits for readiness" "exit $rc"
+        return 0
+    fi
+    check_eq "systemd: service enabled and active" \
+        "$(ex systemctl is-enabled fibd.service) $(ex systemctl is-active fibd.service)" "enabled active" || true
+    check "systemd: fibd is a system user without a login shell" \
+        podman --runtime runc --cgroup-manager cgroupfs exec "$name" sh -c \
+        'test "$(id -u fibd)" -lt 1000 && getent passwd fibd | grep -q ":/var/lib/fibd:.*nologin$"' || true
+    check_eq "systemd: state directory is 0700 fibd" "$(ex stat -c '%a %U' /var/lib/fibd)" "700 fibd" || true
+    check_eq "systemd: binary is root's, 0755" "$(ex stat -c '%a %U' /usr/local/bin/fibd)" "755 root" || true
+    smoke "systemd: smoke test after install" "$base" || true
+
+    # Upgrade: state and a local config change must survive a second run.
+    advance "$base" 5
+    ex sh -c 'echo FIBD_WORKERS=2 >>/etc/default/fibd'
+    pid=$(ex systemctl show -p MainPID --value fibd.service)
+    rc=0
+    out=$(ex sh ./install.sh 2>&1) || rc=$?
+    if [ "$rc" = 0 ] && echo "$out" | grep -q 'kept the existing state' &&
+        [ "$(ex systemctl show -p MainPID --value fibd.service)" != "$pid" ]; then
+        pass "systemd: second run upgrades in place (service restarted)"
+    else
+        fail "systemd: second run upgrades in place" "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+    fi
+    check_eq "systemd: upgrade keeps the state (index 5)" "$(http "$base/current" || true)" "$(fib 5)" || true
+    check "systemd: upgrade keeps the config (fibd started with workers=2)" \
+        podman --runtime runc --cgroup-manager cgroupfs exec "$name" sh -c \
+        'journalctl -u fibd.service --no-pager | tail -n 3 | grep -q "event=start.*workers=2"' || true
+
+    rc=0
+    out=$(ex sh ./install.sh --uninstall 2>&1) || rc=$?
+    if [ "$rc" = 0 ] && ! ex test -e /etc/systemd/system/fibd.service && ! ex test -e /usr/local/bin/fibd &&
+        ! ex id fibd >/dev/null 2>&1 && [ "$(ex systemctl is-active fibd.service 2>&1)" != active ] &&
+        ! curl -fsS -o /dev/null --max-time 2 "$base/healthz" 2>/dev/null; then
+        pass "systemd: --uninstall stops and removes service, binary and user"
+    else
+        fail "systemd: --uninstall stops and removes service, binary and user" "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+    fi
+    check "systemd: --uninstall keeps the state" ex test -s /var/lib/fibd/fibd.state || true
+
+    ex sh ./install.sh --listen "127.0.0.1:$port" >/dev/null 2>&1 || true
+    check_eq "systemd: reinstall picks up the kept state (index 5)" "$(http "$base/current" || true)" "$(fib 5)" || true
+
+    rc=0
+    ex sh ./install.sh --uninstall --purge >/dev/null 2>&1 || rc=$?
+    if [ "$rc" = 0 ] && ! ex test -e /var/lib/fibd; then
+        pass "systemd: --purge also deletes the state"
+    else
+        fail "systemd: --purge also deletes the state" "exit $rc"
+    fi
+
+    # A fibd that cannot start (bad address: it exits 2) must make install.sh
+    # fail loudly with the service's logs, not report success.
+    rc=0
+    out=$(pm exec -w /root/upload -e FIBD_INSTALL_READY_TIMEOUT=3 "$name" \
+        sh ./install.sh --listen 127.0.0.1:notaport 2>&1) || rc=$?
+    if [ "$rc" != 0 ] && echo "$out" | grep -Eq 'did not (start|become ready)' &&
+        echo "$out" | grep -q 'fibd\[[0-9]*\]: .*notaport'; then
+        pass "systemd: install.sh fails, showing the logs, when fibd cannot start"
+    else
+        fail "systemd: install.sh fails when fibd cannot start" "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+    fi
+    ex sh ./install.sh --purge >/dev/null 2>&1 || true
+    pm rm -f -t 0 "$name" >/dev/null 2>&1 || true
+}
+
+# --- OpenRC -------------------------------------------------------------------
+openrc_host() {
+    if ! ensure_openrc_root >"$WORK/prepare-openrc.log" 2>&1; then
+        fail "build the OpenRC test root" "$(tail -n 5 "$WORK/prepare-openrc.log" | tr '\n' ' ')"
+        return 0
+    fi
+    local root="$WORK/openrc-root" port base out rc
+    openrc_root "$root"
+    cp -r "$upload" "$root/root/upload"
+    port=$(free_port)
+    base="http://127.0.0.1:$port"
+    if ! start_openrc_ns "$root"; then
+        fail "namespace for OpenRC starts"
+        return 0
+    fi
+    run_install() { inns sh -c 'cd /root/upload && sh ./install.sh "$@"' install.sh "$@"; }
+
+    rc=0
+    out=$(run_install --listen "127.0.0.1:$port" 2>&1) || rc=$?
+    indent "$out"
+    if [ "$rc" = 0 ] && echo "$out" | grep -q 'installing for openrc' &&
+        echo "$out" | grep -q 'fibd is ready' && wait_ready "$base" 5; then
+        pass "OpenRC: install.sh detects OpenRC, installs, starts and waits for readiness"
+    else
+        fail "OpenRC: install.sh installs, starts and waits for readiness" "exit $rc"
+        return 0
+    fi
+    check "OpenRC: fibd is in the default runlevel" test -L "$root/etc/runlevels/default/fibd" || true
+    check_eq "OpenRC: state directory is 0700 fibd" "$(inns stat -c '%a %U' /var/lib/fibd)" "700 fibd" || true
+    smoke "OpenRC: smoke test after install" "$base" || true
+
+    advance "$base" 3
+    rc=0
+    out=$(run_install 2>&1) || rc=$?
+    if [ "$rc" = 0 ] && echo "$out" | grep -q "kept the existing /etc/conf.d/fibd"; then
+        pass "OpenRC: second run upgrades in place, keeping conf.d"
+    else
+        fail "OpenRC: second run upgrades in place, keeping conf.d" "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+    fi
+    wait_ready "$base" 10 || true
+    check_eq "OpenRC: upgrade keeps the state (index 3)" "$(http "$base/current" || true)" "$(fib 3)" || true
+
+    rc=0
+    out=$(run_install --uninstall 2>&1) || rc=$?
+    if [ "$rc" = 0 ] && [ ! -e "$root/etc/init.d/fibd" ] && [ ! -e "$root/etc/runlevels/default/fibd" ] &&
+        [ ! -e "$root/usr/local/bin/fibd" ] && ! grep -q '^fibd:' "$root/etc/passwd" &&
+        ! curl -fsS -o /dev/null --max-time 2 "$base/healthz" 2>/dev/null; then
+        pass "OpenRC: --uninstall stops and removes service, binary and user"
+    else
+        fail "OpenRC: --uninstall stops and removes service, binary and user" "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+    fi
+    check "OpenRC: --uninstall keeps the state" test -s "$root/var/lib/fibd/fibd.state" || true
+}
+
+systemd_host
+openrc_host

@@ -1,0 +1,326 @@
+//! Hostile and broken clients: malformed and oversized requests, bodies where none belong,
+//! odd versions, slow and idle clients, a slowloris crowd, and a connection flood past the file
+//! descriptor limit. Each gets a clear 4xx or a closed connection, never a 500, a panic or a
+//! hang, and the cursor never moves for a rejected request.
+
+mod common;
+
+use std::io::{BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Server, TempDir, connect, read_reply};
+
+/// The tests that push the machine (thousands of connections, descriptor exhaustion) run one
+/// at a time, so that one's load cannot change another's timing.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A child process killed when dropped, so a failing test never leaves a server behind.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts fibd under `sh` with a descriptor limit of `fds`. Returns the process, its log as
+/// it grows (collected by a thread that ends when the process does), and its address.
+fn start_with_fd_limit(
+    fds: u32,
+    idle_ms: u32,
+    state: &std::path::Path,
+) -> (Killed, Log, std::thread::JoinHandle<()>, SocketAddr) {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n {fds} && exec '{BIN}' --listen 127.0.0.1:0 --idle-timeout-ms {idle_ms} --state-file '{}'",
+            state.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    let addr = common::field(&line, "listen")
+        .expect("start line")
+        .parse()
+        .unwrap();
+    let log = Log::default();
+    let sink = Log::clone(&log);
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(stderr).map_while(Result::ok) {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    (Killed(child), log, reader, addr)
+}
+
+type Log = std::sync::Arc<std::sync::Mutex<String>>;
+
+/// Sends raw bytes on a fresh connection and returns the status of the first reply, or `None`
+/// if the server closed the connection without one.
+fn raw(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
+    let mut stream = connect(addr);
+    stream.write_all(bytes).ok()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut line).ok()?;
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+#[test]
+fn malformed_and_odd_requests_get_a_4xx_or_a_closed_connection() {
+    let dir = TempDir::new("malformed");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    let addr = server.addr;
+    let long_target = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(100_000));
+    let long_header = format!(
+        "GET /current HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(100_000)
+    );
+    let many_headers = format!(
+        "GET /current HTTP/1.1\r\nHost: t\r\n{}\r\n",
+        "X-A: 1\r\n".repeat(500)
+    );
+    let cases: Vec<(&str, Vec<u8>, &[u16])> = vec![
+        ("garbage request line", b"GARBAGE\r\n\r\n".to_vec(), &[400]),
+        ("no version", b"GET /current\r\n\r\n".to_vec(), &[400]),
+        ("unknown version", b"GET /current HTTP/9.9\r\nHost: t\r\n\r\n".to_vec(), &[400]),
+        ("header without colon", b"GET /current HTTP/1.1\r\nHost t\r\n\r\n".to_vec(), &[400]),
+        ("unknown method", b"BREW /next HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), &[405]),
+        ("lowercase method", b"get /current HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), &[405]),
+        ("missing Host in HTTP/1.1", b"GET /current HTTP/1.1\r\n\r\n".to_vec(), &[400]),
+        ("100 KB target", long_target.into_bytes(), &[414]),
+        ("100 KB header", long_header.into_bytes(), &[431]),
+        ("500 headers", many_headers.into_bytes(), &[431]),
+        ("body on a step", b"POST /next HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello".to_vec(), &[400]),
+        (
+            "chunked body on a step",
+            b"POST /next HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+            &[400],
+        ),
+        ("unsupported expectation", b"POST /next HTTP/1.1\r\nHost: t\r\nExpect: magic\r\n\r\n".to_vec(), &[417]),
+        ("absolute-form target of a step, GET with body", b"GET http://x/previous HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx".to_vec(), &[400]),
+        ("fragment in the target", b"GET /fib/3#x HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), &[400]),
+        ("space-padded n", b"GET /fib/%2010 HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), &[400]),
+        ("n past u64", b"GET /fib/99999999999999999999999999 HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), &[422]),
+        ("negative N", b"GET /fib?n=-3 HTTP/1.1\r\nHost: t\r\n\r\n".to_vec(), &[400]),
+    ];
+    for (what, bytes, expected) in &cases {
+        let status = raw(addr, bytes);
+        // `None` (closed without a reply) is accepted only for framing errors below.
+        assert!(
+            status.is_some_and(|s| expected.contains(&s)),
+            "{what}: got {status:?}, expected {expected:?}"
+        );
+    }
+    // Bytes that are not ASCII in the request line cannot be framed: the connection closes.
+    let status = raw(
+        addr,
+        "GET /fib/\u{0661} HTTP/1.1\r\nHost: t\r\n\r\n".as_bytes(),
+    );
+    assert!(
+        status.is_none() || status == Some(400),
+        "non-ASCII: {status:?}"
+    );
+    // HTTP/1.0 without Host is fine, and the connection closes after the reply.
+    let mut stream = connect(addr);
+    stream.write_all(b"GET /current HTTP/1.0\r\n\r\n").unwrap();
+    let mut all = String::new();
+    stream.read_to_string(&mut all).unwrap();
+    assert!(all.starts_with("HTTP/1.") && all.contains(" 200 "), "{all}");
+    assert!(all.ends_with("\r\n\r\n0\n"), "{all}");
+
+    assert_eq!(
+        server.value("/current"),
+        "0",
+        "no rejected request moved the cursor"
+    );
+    let metrics = server.get("/metrics").body;
+    assert!(
+        !metrics.contains("code=\"500\""),
+        "no 500 was ever answered"
+    );
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_idle_timeout() {
+    let dir = TempDir::new("idle");
+    let server = Server::start(&dir.join("fibd.state"), &["--idle-timeout-ms", "300"]);
+    let mut stream = connect(server.addr);
+    stream
+        .write_all(b"GET /current HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    assert_eq!(read_reply(&mut reader, false).unwrap().status, 200);
+    let idle_from = Instant::now();
+    let mut rest = Vec::new();
+    // The server closes the keep-alive connection: read returns EOF (or a reset).
+    let _ = reader.read_to_end(&mut rest);
+    let waited = idle_from.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed too early: {waited:?}"
+    );
+    assert!(waited < Duration::from_secs(5), "not closed: {waited:?}");
+    // A client that stops half-way through its request line is cut off the same way.
+    let mut slow = connect(server.addr);
+    slow.write_all(b"GET /cur").unwrap();
+    let started = Instant::now();
+    let _ = slow.read_to_end(&mut rest);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // And the server still serves, long after several idle timeouts of its accept loop.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(server.value("/current"), "0");
+    assert!(
+        !server.log_text().contains("event=accept_failed"),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn a_slowloris_crowd_does_not_stop_ordinary_clients() {
+    const ATTACKERS: usize = 2000;
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("slowloris");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    let mut crowd: Vec<TcpStream> = Vec::with_capacity(ATTACKERS);
+    for _ in 0..ATTACKERS {
+        let mut s = connect(server.addr);
+        s.write_all(b"GET /current HTTP/1.1\r\nHost: t\r\nX-Slow: ")
+            .unwrap();
+        crowd.push(s);
+    }
+    // While the crowd trickles a byte each, ordinary clients are served.
+    let mut latencies = Vec::new();
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut round = 0;
+    while Instant::now() < until {
+        for s in crowd.iter_mut().skip(round % 10).step_by(10) {
+            let _ = s.write_all(b"a");
+        }
+        round += 1;
+        for _ in 0..10 {
+            let started = Instant::now();
+            let reply = server.get("/fib/50");
+            latencies.push(started.elapsed());
+            assert_eq!(reply.body, "12586269025\n");
+        }
+    }
+    latencies.sort_unstable();
+    let p = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    println!(
+        "slowloris: {ATTACKERS} trickling connections; {} ordinary requests, p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        p(0.5),
+        p(0.99),
+        latencies.last().unwrap()
+    );
+    let metrics = server.get("/metrics").body;
+    let rss: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    println!("slowloris: resident memory {:.1} MiB", rss / 1048576.0);
+    assert!(rss < 256.0 * 1048576.0, "memory stays bounded: {rss}");
+    drop(crowd);
+    assert_eq!(server.value("/current"), "0");
+}
+
+#[test]
+fn a_connection_flood_past_the_descriptor_limit_is_survived() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("flood");
+    // A small descriptor limit, so the flood reaches it quickly.
+    let (mut child, log, _reader, addr) = start_with_fd_limit(96, 1000, &dir.join("fibd.state"));
+
+    // Open far more connections than the server has descriptors, and keep them open.
+    let flood: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The server keeps, or within a few idle timeouts regains, service while the flood's
+    // sockets are still open on our side: idle ones are closed by the server, and connections
+    // it cannot accept are shed.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let served = loop {
+        let attempt =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(1)).and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")?;
+                let mut reply = String::new();
+                s.read_to_string(&mut reply)?;
+                Ok(reply)
+            });
+        if attempt
+            .as_ref()
+            .is_ok_and(|r| r.starts_with("HTTP/1.1 200"))
+        {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let still_running = child.0.try_wait().unwrap().is_none();
+    drop(flood);
+    drop(child);
+    let log = log.lock().unwrap().clone();
+    assert!(served, "service not regained during the flood:\n{log}");
+    assert!(still_running, "fibd exited during the flood:\n{log}");
+    assert!(
+        log.contains("event=accept_failed"),
+        "the flood reached the limit:\n{log}"
+    );
+}
+
+#[test]
+fn a_server_that_can_no_longer_accept_exits_non_zero_instead_of_staying_deaf() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("deaf");
+    let (mut child, log, reader, addr) = start_with_fd_limit(64, 2000, &dir.join("fibd.state"));
+    // Hold every descriptor the server has with connections that never go idle: each keeps
+    // trickling a header, so the idle timeout never frees them.
+    let mut holders: Vec<TcpStream> = (0..120)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .collect();
+    let started = Instant::now();
+    let status = loop {
+        for s in &mut holders {
+            let _ = s.write_all(b"X");
+        }
+        // Keep knocking, so that any descriptor the server frees is taken again at once.
+        holders
+            .extend((0..4).filter_map(|_| {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+            }));
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        let waited = started.elapsed();
+        let log = log.lock().unwrap();
+        assert!(
+            // Each failing probe can take its whole 5 s timeout, and five must fail: about
+            // 30 s at worst, so 60 s leaves room for a slow machine.
+            waited < Duration::from_secs(60),
+            "fibd stayed up but deaf:\n{log}"
+        );
+        // Well inside the 2 s idle timeout, so no held connection is ever idle long enough.
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("event=shutdown reason=deaf"), "{log}");
+    println!("deaf: exited 1 after {:?}", started.elapsed());
+}

@@ -1,0 +1,225 @@
+//! Knowing when fibd is down or degraded: /metrics moves with traffic, `fibd probe` answers
+//! like a health check, systemd notifications arrive, the access log is opt-in.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{BIN, Server, TempDir};
+
+/// The value of an unlabelled or exactly-labelled sample in an exposition text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_move_as_requests_are_made() {
+    let dir = TempDir::new("metrics");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    let before = server.get("/metrics");
+    assert_eq!(before.status, 200);
+    assert_eq!(
+        before.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let before = before.body;
+    for _ in 0..3 {
+        server.post("/next");
+    }
+    server.get("/previous");
+    server.get("/fib/abc");
+    server.get("/nowhere");
+    let after = server.get("/metrics").body;
+
+    assert_eq!(sample(&after, "fibd_cursor_index"), Some(2.0));
+    assert_eq!(
+        sample(&after, "fibd_requests_total{route=\"/next\",code=\"200\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "fibd_requests_total{route=\"/previous\",code=\"200\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &after,
+            "fibd_requests_total{route=\"/fib/{n}\",code=\"400\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&after, "fibd_requests_total{route=\"other\",code=\"404\"}"),
+        Some(1.0)
+    );
+    let commits = sample(&after, "fibd_commits_total").unwrap();
+    assert!((1.0..=4.0).contains(&commits), "{commits}");
+    assert_eq!(
+        sample(&after, "fibd_commit_steps_sum"),
+        Some(4.0),
+        "four steps committed"
+    );
+    assert_eq!(
+        sample(&after, "fibd_commit_duration_seconds_count"),
+        Some(commits)
+    );
+    assert_eq!(
+        sample(&after, "fibd_request_duration_seconds_count{kind=\"step\"}"),
+        Some(4.0)
+    );
+    assert_eq!(sample(&after, "fibd_ready"), Some(1.0));
+    assert_eq!(sample(&after, "fibd_state_write_errors_total"), Some(0.0));
+    assert_eq!(
+        sample(&after, "fibd_build_info{version=\"0.1.0\"}"),
+        Some(1.0)
+    );
+    assert!(sample(&after, "process_resident_memory_bytes").unwrap() > 100_000.0);
+    assert!(sample(&after, "process_open_fds").unwrap() >= 3.0);
+    assert!(
+        sample(&after, "fibd_open_connections").unwrap() >= 1.0,
+        "this scrape's own"
+    );
+    let start = sample(&after, "process_start_time_seconds").unwrap();
+    assert_eq!(Some(start), sample(&before, "process_start_time_seconds"));
+    // Every family is declared once, and every sample belongs to a declared family.
+    let families: Vec<&str> = after
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    let mut unique = families.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(unique.len(), families.len(), "duplicate TYPE lines");
+    for line in after.lines().filter(|l| !l.starts_with('#')) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| families.contains(f)))
+            .unwrap_or(name);
+        assert!(families.contains(&family), "undeclared sample {line}");
+    }
+}
+
+#[test]
+fn probe_exits_zero_only_for_a_timely_2xx() {
+    let dir = TempDir::new("probe");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    let probe = |url: String| Command::new(BIN).args(["probe", &url]).output().unwrap();
+    let ok = probe(format!("http://{}/healthz", server.addr));
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let not_found = probe(format!("http://{}/nope", server.addr));
+    assert_eq!(not_found.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&not_found.stderr).contains("404"));
+    // Nothing listens on a port we just released.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused = probe(format!("http://{free}/healthz"));
+    assert_eq!(refused.status.code(), Some(1));
+    // A server that accepts but never answers fails within the timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args([
+            "probe",
+            &format!("http://{}/healthz", silent.local_addr().unwrap()),
+        ])
+        .args(["--timeout-ms", "300"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // A bare path probes the address FIBD_LISTEN names, as the container's health check does.
+    let port = server.addr.port();
+    let out = Command::new(BIN)
+        .args(["probe", "/readyz"])
+        .env("FIBD_LISTEN", format!("0.0.0.0:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let bad = probe("ftp://x".into());
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn systemd_notifications_ready_watchdog_stopping() {
+    let dir = TempDir::new("notify");
+    let socket_path = dir.join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--state-file"])
+        .arg(dir.join("fibd.state"))
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 256];
+    // READY=1 at start, then WATCHDOG=1 after the first self-probe (about a second later).
+    while !received.iter().any(|m| m == "WATCHDOG=1") {
+        let n = socket.recv(&mut buf).expect("a notification within 5 s");
+        received.push(String::from_utf8_lossy(&buf[..n]).to_string());
+    }
+    assert_eq!(received[0], "READY=1", "{received:?}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    loop {
+        let n = socket.recv(&mut buf).expect("STOPPING=1 on shutdown");
+        if &buf[..n] == b"STOPPING=1" {
+            break;
+        }
+    }
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn access_log_is_off_by_default_and_one_line_per_request_when_on() {
+    let dir = TempDir::new("access");
+    let quiet = Server::start(&dir.join("a.state"), &[]);
+    quiet.get("/current");
+    quiet.get("/fib/5");
+    assert!(!quiet.log_text().contains("event=access"));
+
+    let loud = Server::start(&dir.join("b.state"), &["--access-log"]);
+    loud.get("/current");
+    loud.post("/next");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !loud.log_text().contains("target=/next") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = loud.log_text();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("event=access")).collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("method=GET target=/current status=200")),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("method=POST target=/next status=200")),
+        "{log}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("duration_us=") && l.contains("remote=127.0.0.1:"))
+    );
+    assert!(
+        !log.contains("target=/healthz?from=watchdog"),
+        "the watchdog is not logged"
+    );
+}

@@ -1,0 +1,253 @@
+//! The process and its state file: restart after kill -9, refusal of a corrupt file, the lock,
+//! signals, configuration errors. Each test runs the real binary.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, Server, TempDir, field, write_state};
+
+#[test]
+fn kill_9_then_restart_keeps_every_acknowledged_step() {
+    let dir = TempDir::new("kill9");
+    let state = dir.join("fibd.state");
+    let mut server = Server::start(&state, &[]);
+    for expected in ["1", "1", "2", "3", "5", "8"] {
+        assert_eq!(server.value("/next"), expected);
+    }
+    assert_eq!(server.value("/previous"), "5");
+    server.kill9();
+
+    let server = Server::start(&state, &[]);
+    assert_eq!(server.value("/current"), "5");
+    let start = server.log.lock().unwrap()[0].clone();
+    assert_eq!(field(&start, "index"), Some("5"), "{start}");
+    assert_eq!(server.value("/next"), "8");
+}
+
+#[test]
+fn a_new_state_file_is_private_and_exactly_two_slots() {
+    let dir = TempDir::new("newfile");
+    let state = dir.join("fibd.state");
+    let server = Server::start(&state, &[]);
+    let meta = std::fs::metadata(&state).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(meta.len(), fibd::slot::FILE_BYTES as u64);
+    drop(server);
+    let names: Vec<_> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["fibd.state"], "no temporary files left behind");
+}
+
+#[test]
+fn a_corrupt_state_file_is_refused_and_left_byte_for_byte_unchanged() {
+    let dir = TempDir::new("corrupt");
+    let state = dir.join("fibd.state");
+    write_state(&state, 42);
+    let mut bytes = std::fs::read(&state).unwrap();
+    // Damage the checksum of both slots.
+    bytes[30] ^= 0x40;
+    bytes[fibd::slot::SLOT_BYTES + 30] ^= 0x40;
+    std::fs::write(&state, &bytes).unwrap();
+
+    let (status, log) = match Server::try_start(&state, &[]) {
+        Ok(_) => panic!("fibd started on a corrupt state file"),
+        Err(failure) => failure,
+    };
+    let status = status.expect("fibd exits");
+    assert_eq!(status.code(), Some(1));
+    let log = log.join("\n");
+    assert!(
+        log.contains(&state.display().to_string()),
+        "names the file: {log}"
+    );
+    assert!(
+        log.contains("checksum mismatch"),
+        "says what is wrong: {log}"
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), bytes, "file untouched");
+
+    // A truncated file and an empty one are refused the same way.
+    for len in [0, 100, fibd::slot::SLOT_BYTES] {
+        std::fs::write(&state, &bytes[..len]).unwrap();
+        let (status, log) = Server::try_start(&state, &[]).err().expect("refused");
+        assert_eq!(status.and_then(|s| s.code()), Some(1));
+        assert!(
+            log.join("\n").contains(&format!("file is {len} bytes")),
+            "{log:?}"
+        );
+        assert_eq!(std::fs::read(&state).unwrap().len(), len);
+    }
+}
+
+#[test]
+fn one_torn_slot_recovers_from_the_other_and_says_so() {
+    let dir = TempDir::new("torn");
+    let state = dir.join("fibd.state");
+    write_state(&state, 42);
+    let mut bytes = std::fs::read(&state).unwrap();
+    // Slot 1 holds the newer sequence (11); tear it as a crash mid-write would.
+    for b in &mut bytes[fibd::slot::SLOT_BYTES + 12..fibd::slot::SLOT_BYTES + 20] {
+        *b = 0xAA;
+    }
+    std::fs::write(&state, &bytes).unwrap();
+    let server = Server::start(&state, &[]);
+    assert_eq!(server.value("/current"), fibd::fib::decimal(42).unwrap());
+    assert!(
+        server.log_text().contains("event=state_slot_invalid"),
+        "{}",
+        server.log_text()
+    );
+    // The next commit overwrites the torn slot, and a restart sees it.
+    assert_eq!(server.value("/next"), fibd::fib::decimal(43).unwrap());
+    drop(server);
+    let server = Server::start(&state, &[]);
+    assert_eq!(server.value("/current"), fibd::fib::decimal(43).unwrap());
+    assert!(!server.log_text().contains("state_slot_invalid"));
+}
+
+#[test]
+fn a_second_instance_on_the_same_file_exits_with_a_clear_error() {
+    let dir = TempDir::new("lock");
+    let state = dir.join("fibd.state");
+    let first = Server::start(&state, &[]);
+    let (status, log) = Server::try_start(&state, &[])
+        .err()
+        .expect("second must not start");
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
+    let log = log.join("\n");
+    assert!(log.contains("another fibd process holds its lock"), "{log}");
+    assert!(log.contains(&state.display().to_string()), "{log}");
+    assert_eq!(first.value("/current"), "0", "the first keeps serving");
+}
+
+#[test]
+fn sigterm_and_sigint_exit_zero_promptly_with_state_durable() {
+    for signal in ["TERM", "INT"] {
+        let dir = TempDir::new("signal");
+        let state = dir.join("fibd.state");
+        let mut server = Server::start(&state, &[]);
+        server.value("/next");
+        server.value("/next");
+        let sent = Instant::now();
+        server.signal(signal);
+        let status = server
+            .wait_exit(Duration::from_secs(2))
+            .expect("exits within 2 s");
+        assert_eq!(status.code(), Some(0), "SIG{signal}");
+        assert!(sent.elapsed() < Duration::from_secs(2));
+        let log = server.log_text();
+        assert!(log.contains("event=shutdown reason=signal"), "{log}");
+        assert!(log.contains("event=stopped index=2"), "{log}");
+        drop(server);
+        let server = Server::start(&state, &[]);
+        assert_eq!(server.value("/current"), "1", "F(2) after restart");
+    }
+}
+
+#[test]
+fn the_start_line_shows_the_real_address_and_the_recovered_index() {
+    let dir = TempDir::new("startline");
+    let state = dir.join("fibd.state");
+    write_state(&state, 7);
+    let server = Server::start(&state, &[]);
+    let line = server.log.lock().unwrap()[0].clone();
+    assert_eq!(field(&line, "event"), Some("start"));
+    assert_eq!(field(&line, "version"), Some(env!("CARGO_PKG_VERSION")));
+    assert_ne!(server.addr.port(), 0);
+    assert_eq!(
+        field(&line, "listen"),
+        Some(server.addr.to_string().as_str())
+    );
+    assert_eq!(field(&line, "index"), Some("7"));
+    assert!(field(&line, "state_file").unwrap().ends_with("fibd.state"));
+}
+
+#[test]
+fn environment_configures_and_flags_win() {
+    let dir = TempDir::new("env");
+    let state = dir.join("env.state");
+    let mut child = Command::new(BIN)
+        .env("FIBD_LISTEN", "127.0.0.1:0")
+        .env("FIBD_STATE_FILE", &state)
+        .env("FIBD_WORKERS", "2")
+        .args(["--workers", "3"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stderr.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(field(&line, "workers"), Some("3"), "{line}");
+    assert!(state.exists(), "FIBD_STATE_FILE was used");
+}
+
+#[test]
+fn bad_configuration_exits_2_with_a_one_line_reason() {
+    for args in [
+        &["--listen", "not-an-address"][..],
+        &["--workers", "0"],
+        &["--batch-max", "x"],
+        &["--bogus"],
+        &["--state-file"],
+    ] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("fibd: "), "{stderr}");
+    }
+    let out = Command::new(BIN)
+        .env("FIBD_WORKERS", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn help_and_version() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--listen",
+        "--state-file",
+        "--workers",
+        "--batch-max",
+        "FIBD_LISTEN",
+    ] {
+        assert!(help.contains(flag), "help mentions {flag}");
+    }
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!("fibd {}\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn an_address_in_use_is_a_runtime_error() {
+    let dir = TempDir::new("inuse");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["--listen", &addr, "--state-file"])
+        .arg(dir.join("fibd.state"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("event=listen_failed")
+    );
+}
