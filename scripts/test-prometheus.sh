@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Checks fibd's Prometheus surface with Prometheus's own tool: a live /metrics scrape must
+# pass `promtool check metrics`, and the alerting rules must pass `promtool check rules` and
+# their unit tests. Installs promtool (Debian's prometheus package) when it is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+passed=0
+failed=0
+check() {
+    local name=$1
+    shift
+    if "$@"; then
+        echo "PASS $name"
+        passed=$((passed + 1))
+    else
+        echo "FAIL $name"
+        failed=$((failed + 1))
+    fi
+}
+
+if ! command -v promtool >/dev/null 2>&1; then
+    echo "installing promtool (Debian package prometheus)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null
+    # The package's service is not wanted, only its promtool; without systemd as PID 1
+    # nothing is started anyway.
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
+bin=${FIBD_BIN:-target/debug/fibd}
+[ -x "$bin" ] || cargo build --locked --quiet
+work=$(mktemp -d)
+pid=
+cleanup() {
+    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+"$bin" --listen 127.0.0.1:0 --state-file "$work/fibd.state" 2>"$work/log" &
+pid=$!
+for _ in $(seq 100); do
+    grep -q 'event=start' "$work/log" 2>/dev/null && break
+    sleep 0.05
+done
+addr=$(sed -n 's/.*event=start.* listen=\([^ ]*\).*/\1/p' "$work/log")
+[ -n "$addr" ] || { cat "$work/log"; echo "FAIL fibd did not start"; exit 1; }
+
+# Traffic that touches every family: steps, reads, each error status.
+for path in next next previous current fib/10 fib/x fib/999 nowhere 'fib?n=3'; do
+    curl -s -o /dev/null "http://$addr/$path"
+done
+curl -s -o /dev/null -X DELETE "http://$addr/next"
+curl -s "http://$addr/metrics" >"$work/metrics.txt"
+
+check "promtool check metrics (live scrape)" promtool check metrics <"$work/metrics.txt"
+check "metrics scrape has requests by route" grep -q 'fibd_requests_total{route="/next",code="200"} 2' "$work/metrics.txt"
+check "promtool check rules" promtool check rules deploy/prometheus/alerts.yml
+check "promtool test rules" promtool test rules deploy/prometheus/alerts_test.yml
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
