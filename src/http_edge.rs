@@ -6,24 +6,24 @@
 //! or, for `/next` and `/previous`, to the state owner. Workers answer everything but steps.
 //! The state owner hands finished steps to the step responders, which write the replies.
 //!
-//! Why steps do not go back to the workers: tiny_http writes a connection's replies in
-//! request order, blocking a reply until the ones before it are written. With pipelining, a
-//! worker could block on a reply that waits for a step which only a worker could answer. The
-//! acceptor keeps each connection's requests in order, and so do the state owner and each
-//! responder (replies are sharded by connection), so the oldest unanswered request of every
-//! connection can always make progress.
+//! tiny_http writes a connection's replies in request order, blocking a reply until the ones
+//! before it are written. So that no thread ever waits for another request's reply, only one
+//! request per connection is in flight at a time (`connections`): a pipelined request waits
+//! there until the reply before it is written, and the thread that wrote that reply sends it on.
+//! Steps are answered by responders, not workers, so a worker never waits on the disk.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use tiny_http::{Header, Request, Response, Server};
 
+use crate::connections::{Abandoned, Admit, Connections, Finish};
 use crate::limits;
 use crate::log;
 use crate::metrics::{Metrics, RouteLabel};
@@ -77,6 +77,11 @@ pub struct Edge {
     retired_loops: AtomicUsize,
     idle_timeout: Duration,
     headers: Headers,
+    /// Which connections have a request in flight, and what they pipelined behind it.
+    connections: Connections<Routed>,
+    /// The queues to the workers and the state owner; `None` once shutdown has drained the
+    /// accept loop, so that the workers' and the state owner's queues close and they end.
+    queues: Mutex<Option<Queues>>,
 }
 
 /// Headers built once, cloned into each response.
@@ -112,6 +117,11 @@ impl Edge {
             stopping: AtomicBool::new(false),
             retired_loops: AtomicUsize::new(0),
             idle_timeout,
+            connections: Connections::new(
+                idle_timeout * limits::ABANDONED_IDLE_TIMEOUTS,
+                Instant::now(),
+            ),
+            queues: Mutex::new(None),
             headers: Headers {
                 text: header("Content-Type", "text/plain; charset=utf-8"),
                 json: header("Content-Type", "application/json"),
@@ -145,9 +155,82 @@ impl Edge {
         self.published.healthy() && !self.is_stopping()
     }
 
-    /// Writes `reply` to the client. A failure means the client has gone or stopped reading
-    /// (the send timeout fired); there is no one left to tell, so it is not an error here.
-    fn respond(&self, request: Request, reply: Reply, meta: Meta) {
+    /// Writes `reply`, then moves the request's connection on: the request it pipelined next,
+    /// if any, is sent on, and if the reply could not be written the connection is abandoned.
+    fn answer(&self, request: Request, reply: Reply, meta: Meta) {
+        let mut next = Some((request, reply, meta));
+        while let Some((request, reply, meta)) = next.take() {
+            let peer = request.remote_addr().copied();
+            let written = self.respond(request, reply, meta);
+            let Some(peer) = peer else { return };
+            match self.connections.finish(peer, written, Instant::now()) {
+                Finish::Idle => {}
+                Finish::Next(routed) => next = self.forward(routed),
+                Finish::Drop(dropped, reason) => self.drop_unanswered(peer, dropped, Some(reason)),
+            }
+        }
+    }
+
+    /// Sends a request on to its queue. When the queue is full, or closed by shutdown, returns
+    /// the 503 the caller is to write instead.
+    fn forward(&self, routed: Routed) -> Option<(Request, Reply, Meta)> {
+        let refused = {
+            let queues = self.queues.lock().expect("queues lock");
+            match (queues.as_ref(), routed) {
+                (Some(queues), Routed::Work(job)) => match queues.work.try_send(job) {
+                    Ok(()) => return None,
+                    Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                        Routed::Work(job)
+                    }
+                },
+                (Some(queues), Routed::Step(step)) => match queues.steps.try_send(step) {
+                    Ok(()) => return None,
+                    Err(TrySendError::Full(step) | TrySendError::Disconnected(step)) => {
+                        Routed::Step(step)
+                    }
+                },
+                (None, routed) => routed,
+            }
+        };
+        self.metrics.requests_shed.fetch_add(1, Ordering::Relaxed);
+        let (request, format, meta) = refused.into_parts();
+        Some((request, routes::overloaded(format), meta))
+    }
+
+    /// Drops requests of an abandoned connection without a reply. tiny_http would write a 500
+    /// for a request dropped whole; taking its writer first writes nothing and never blocks.
+    fn drop_unanswered(
+        &self,
+        peer: SocketAddr,
+        dropped: Vec<Routed>,
+        abandoned: Option<Abandoned>,
+    ) {
+        let count = dropped.len() as u64;
+        for routed in dropped {
+            drop(routed.into_parts().0.into_writer());
+        }
+        self.metrics
+            .requests_dropped
+            .fetch_add(count, Ordering::Relaxed);
+        if let Some(reason) = abandoned {
+            self.metrics
+                .connections_abandoned
+                .fetch_add(1, Ordering::Relaxed);
+            log::warn(
+                "connection_abandoned",
+                &[
+                    ("remote", &peer),
+                    ("reason", &reason.as_str()),
+                    ("requests_dropped", &count),
+                ],
+            );
+        }
+    }
+
+    /// Writes `reply` to the client and returns whether it was written. A failure means the
+    /// client stopped reading (the send timeout fired); a client that has closed the connection
+    /// counts as written, since tiny_http ignores those errors.
+    fn respond(&self, request: Request, reply: Reply, meta: Meta) -> bool {
         let status = reply.status;
         let content_type = match reply.format {
             Format::Text => self.headers.text.clone(),
@@ -182,7 +265,7 @@ impl Edge {
                 .map_or("-".to_string(), ToString::to_string);
             (method, target, remote)
         });
-        let _ = request.respond(response);
+        let written = request.respond(response).is_ok();
         let elapsed = meta.arrived.elapsed();
         self.metrics.request(meta.route, status, meta.step, elapsed);
         if let Some((method, target, remote)) = access {
@@ -197,6 +280,7 @@ impl Edge {
                 ],
             );
         }
+        written
     }
 }
 
@@ -204,6 +288,22 @@ impl Edge {
 enum Job {
     Answer(Request, Route, Format, Meta),
     Reject(Request, Reply, Meta),
+}
+
+/// A routed request on its way to the thread that answers it.
+enum Routed {
+    Work(Job),
+    Step(StepRequest<Ticket>),
+}
+
+impl Routed {
+    fn into_parts(self) -> (Request, Format, Meta) {
+        match self {
+            Routed::Work(Job::Answer(request, _, format, meta)) => (request, format, meta),
+            Routed::Work(Job::Reject(request, reply, meta)) => (request, reply.format, meta),
+            Routed::Step(step) => (step.ticket.request, step.ticket.format, step.ticket.meta),
+        }
+    }
 }
 
 /// What a step carries through the state owner to its responder.
@@ -215,7 +315,6 @@ pub struct Ticket {
 }
 
 /// Channels between the threads of the edge.
-#[derive(Clone)]
 struct Queues {
     work: Sender<Job>,
     steps: Sender<StepRequest<Ticket>>,
@@ -273,19 +372,22 @@ pub fn start(
                     Outcome::Bound(bound) => routes::bound(bound, ticket.format),
                     Outcome::Unavailable => routes::unavailable(ticket.format),
                 };
-                edge.respond(ticket.request, reply, ticket.meta);
+                edge.answer(ticket.request, reply, ticket.meta);
             }
         })?);
         reply_txs.push(tx);
     }
 
-    let queues = Queues {
+    *edge.queues.lock().expect("queues lock") = Some(Queues {
         work: work_tx,
         steps: steps_tx,
-    };
+    });
     let edge_for_acceptor = Arc::clone(edge);
     handles.push(spawn("acceptor", move || {
-        accept(&edge_for_acceptor, listener, queues, on_deaf)
+        accept(&edge_for_acceptor, listener, on_deaf);
+        // Everything the accept loop had queued is routed: close the queues, so the workers
+        // and the state owner end once they have answered what is in them.
+        edge_for_acceptor.queues.lock().expect("queues lock").take();
     })?);
     Ok(Started {
         threads: handles,
@@ -301,7 +403,7 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<JoinHan
 /// Runs tiny_http accept loops on `listener` until shutdown. A loop that fails (tiny_http ends
 /// it on the first accept error, such as running out of file descriptors) is retired: its
 /// connections keep being served by a thread of their own, and a new loop takes over.
-fn accept(edge: &Arc<Edge>, listener: TcpListener, queues: Queues, on_deaf: impl Fn(String)) {
+fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
     let mut retry = Duration::from_millis(limits::ACCEPT_RETRY_FIRST_MS);
     while !edge.is_stopping() {
         let server = match listener
@@ -318,7 +420,7 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, queues: Queues, on_deaf: impl
             }
         };
         let started = Instant::now();
-        let Err(err) = serve(edge, &server, &queues, None) else {
+        let Err(err) = serve(edge, &server, None) else {
             return; // Shutdown: `serve` drained what the loop had queued.
         };
         log::warn("accept_failed", &[("error", &err)]);
@@ -337,10 +439,10 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, queues: Queues, on_deaf: impl
             ));
             return;
         }
-        let (edge_for_retired, queues) = (Arc::clone(edge), queues.clone());
+        let edge_for_retired = Arc::clone(edge);
         let retired = move || {
             let idle = edge_for_retired.idle_timeout * limits::RETIRED_IDLE_TIMEOUTS;
-            let _ = serve(&edge_for_retired, &server, &queues, Some(idle));
+            let _ = serve(&edge_for_retired, &server, Some(idle));
             edge_for_retired
                 .retired_loops
                 .fetch_sub(1, Ordering::AcqRel);
@@ -360,12 +462,7 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, queues: Queues, on_deaf: impl
 
 /// Routes the requests of one accept loop until shutdown (`Ok`), until tiny_http reports that
 /// the loop has failed (`Err`), or, for a retired loop, until it has been idle for `idle_max`.
-fn serve(
-    edge: &Edge,
-    server: &Server,
-    queues: &Queues,
-    idle_max: Option<Duration>,
-) -> io::Result<()> {
+fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> io::Result<()> {
     let poll = Duration::from_millis(limits::ACCEPT_POLL_MS);
     let mut last_request = Instant::now();
     loop {
@@ -373,7 +470,7 @@ fn serve(
             // Requests tiny_http already queued are answered; new connections are no longer
             // accepted once `server` is dropped by our caller.
             while let Ok(Some(request)) = server.try_recv() {
-                dispatch(edge, request, queues);
+                dispatch(edge, request);
             }
             return Ok(());
         }
@@ -391,7 +488,7 @@ fn serve(
         match server.recv_timeout(poll) {
             Ok(Some(request)) => {
                 last_request = Instant::now();
-                dispatch(edge, request, queues);
+                dispatch(edge, request);
             }
             Ok(None) => {
                 if idle_max.is_some_and(|idle| last_request.elapsed() >= idle) {
@@ -430,10 +527,12 @@ fn shed_backlog(listener: &TcpListener) -> u64 {
     shed
 }
 
-/// Routes one request: steps go to the state owner, everything else to the workers. When a
+/// Routes one request: steps go to the state owner, everything else to the workers, unless
+/// its connection has a request in flight already: then it waits for that one's reply. When a
 /// queue is full the request is answered 503 at once.
-fn dispatch(edge: &Edge, request: Request, queues: &Queues) {
+fn dispatch(edge: &Edge, request: Request) {
     let arrived = Instant::now();
+    let peer = request.remote_addr().copied();
     let mut accept = None;
     let mut chunked = false;
     for header in request.headers() {
@@ -463,7 +562,7 @@ fn dispatch(edge: &Edge, request: Request, queues: &Queues) {
         arrived,
         step: false,
     };
-    let rejected = match route {
+    let routed = match route {
         Ok(Route::Step(step)) => {
             meta.step = true;
             // Sharding replies by the client's port keeps one connection's replies on one
@@ -477,32 +576,24 @@ fn dispatch(edge: &Edge, request: Request, queues: &Queues) {
                 responder,
                 meta,
             };
-            match queues.steps.try_send(StepRequest { step, ticket }) {
-                Ok(()) => return,
-                Err(TrySendError::Full(s) | TrySendError::Disconnected(s)) => s.ticket.request,
-            }
+            Routed::Step(StepRequest { step, ticket })
         }
-        Ok(route) => match queues
-            .work
-            .try_send(Job::Answer(request, route, format, meta))
-        {
-            Ok(()) => return,
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job.into_request(),
-        },
-        Err(reply) => match queues.work.try_send(Job::Reject(request, reply, meta)) {
-            Ok(()) => return,
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job.into_request(),
+        Ok(route) => Routed::Work(Job::Answer(request, route, format, meta)),
+        Err(reply) => Routed::Work(Job::Reject(request, reply, meta)),
+    };
+    let routed = match peer {
+        None => routed,
+        Some(peer) => match edge.connections.admit(peer, routed, arrived) {
+            Admit::Go(routed) => routed,
+            Admit::Parked => return,
+            Admit::Drop(dropped, abandoned) => {
+                edge.drop_unanswered(peer, dropped, abandoned);
+                return;
+            }
         },
     };
-    edge.metrics.requests_shed.fetch_add(1, Ordering::Relaxed);
-    edge.respond(rejected, routes::overloaded(format), meta);
-}
-
-impl Job {
-    fn into_request(self) -> Request {
-        match self {
-            Job::Answer(request, ..) | Job::Reject(request, ..) => request,
-        }
+    if let Some((request, reply, meta)) = edge.forward(routed) {
+        edge.answer(request, reply, meta);
     }
 }
 
@@ -510,7 +601,7 @@ impl Job {
 fn work(edge: &Edge, jobs: Receiver<Job>) {
     for job in jobs {
         match job {
-            Job::Reject(request, reply, meta) => edge.respond(request, reply, meta),
+            Job::Reject(request, reply, meta) => edge.answer(request, reply, meta),
             Job::Answer(request, route, format, meta) => {
                 let reply = match route {
                     Route::Current => routes::cursor(edge.published.index(), format),
@@ -527,7 +618,7 @@ fn work(edge: &Edge, jobs: Receiver<Job>) {
                     )),
                     Route::Step(_) => unreachable!("the acceptor sends steps to the state owner"),
                 };
-                edge.respond(request, reply, meta);
+                edge.answer(request, reply, meta);
             }
         }
     }

@@ -2,6 +2,7 @@
 //! See ARCHITECTURE.md for the request flow and the invariants; `main.rs` wires these modules.
 
 pub mod config;
+pub mod connections;
 pub mod cursor;
 pub mod error;
 pub mod fib;

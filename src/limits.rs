@@ -37,6 +37,17 @@ pub const IDLE_TIMEOUT_MS_MAX: u64 = 3_600_000;
 /// (SO_SNDTIMEO); it is short so a stuck client cannot hold up shutdown for long either.
 pub const SEND_TIMEOUT_MS: u64 = 1_500;
 
+/// Requests one connection may pipeline behind the one it has in flight. Clients that pipeline
+/// send a handful, benchmarks a few dozen; a connection that sends more than this without
+/// reading its replies is abandoned rather than held in memory.
+pub const PIPELINED_PER_CONNECTION_MAX: usize = 128;
+/// Pipelined requests waiting across all connections: at about 1 KiB each, this keeps them
+/// under 10 MiB however many connections pipeline at once.
+pub const PIPELINED_TOTAL_MAX: usize = 8_192;
+/// An abandoned connection is remembered (so its further requests are dropped at once) until
+/// none arrived for this many idle timeouts; by then the idle timeout has closed it.
+pub const ABANDONED_IDLE_TIMEOUTS: u32 = 2;
+
 /// How often the acceptor checks whether it should stop; this bounds how late shutdown begins.
 pub const ACCEPT_POLL_MS: u64 = 50;
 /// Back-off between restarts of a failed accept loop, doubling from the first value up to

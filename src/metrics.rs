@@ -149,6 +149,10 @@ pub struct Metrics {
     pub requests_shed: AtomicU64,
     /// Connections closed unanswered because file descriptors ran out.
     pub connections_shed: AtomicU64,
+    /// Connections given up on: they did not read their replies or pipelined too deep.
+    pub connections_abandoned: AtomicU64,
+    /// Requests of abandoned connections, dropped without a reply.
+    pub requests_dropped: AtomicU64,
     /// Accept loops that failed and were restarted.
     pub accept_failures: AtomicU64,
     start_time_seconds: f64,
@@ -176,6 +180,8 @@ impl Metrics {
             state_write_errors: AtomicU64::new(0),
             requests_shed: AtomicU64::new(0),
             connections_shed: AtomicU64::new(0),
+            connections_abandoned: AtomicU64::new(0),
+            requests_dropped: AtomicU64::new(0),
             accept_failures: AtomicU64::new(0),
             start_time_seconds: start.as_secs_f64(),
         }
@@ -293,6 +299,16 @@ impl Metrics {
                 "fibd_connections_shed_total",
                 "Connections closed unanswered because file descriptors ran out.",
                 &self.connections_shed,
+            ),
+            (
+                "fibd_connections_abandoned_total",
+                "Connections given up on because they did not read their replies or pipelined too deep.",
+                &self.connections_abandoned,
+            ),
+            (
+                "fibd_requests_dropped_total",
+                "Requests of abandoned connections, dropped without a reply.",
+                &self.requests_dropped,
             ),
             (
                 "fibd_accept_failures_total",

@@ -324,3 +324,174 @@ fn a_server_that_can_no_longer_accept_exits_non_zero_instead_of_staying_deaf() {
     assert!(log.contains("event=shutdown reason=deaf"), "{log}");
     println!("deaf: exited 1 after {:?}", started.elapsed());
 }
+
+#[test]
+fn a_client_that_pipelines_deep_and_never_reads_cannot_stall_everyone_else() {
+    // Pipelines as fast as the server takes requests: far past the depth one connection may
+    // have waiting, so it is abandoned for that.
+    non_reading_client_is_abandoned(50, false, "pipelined_too_deep");
+}
+
+#[test]
+fn a_client_that_never_reads_its_replies_cannot_stall_everyone_else() {
+    // Sends a few requests at a time and stops once its receive buffer stops filling, so that
+    // few requests ever wait: the replies fill the socket buffers until a write times out, and
+    // it is abandoned for not reading.
+    non_reading_client_is_abandoned(1, true, "not_reading");
+}
+
+/// One connection sends `burst` requests (large replies and steps) at a time for 3 s, or with
+/// `stop_when_full` until the replies stop arriving, and reads nothing, while ordinary clients read and step. Each ordinary request must be
+/// answered, well inside the time that would mean the server had stalled behind the hostile
+/// client, and the hostile connection must be abandoned for `reason`.
+fn non_reading_client_is_abandoned(burst: usize, stop_when_full: bool, reason: &str) {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("nonreader");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    let addr = server.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop_hostile = std::sync::Arc::clone(&stop);
+    let hostile = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut requests = String::new();
+        for i in 0..burst {
+            requests.push_str(match i % 10 {
+                1 => "POST /next HTTP/1.1\r\nHost: t\r\n\r\n",
+                3 => "POST /previous HTTP/1.1\r\nHost: t\r\n\r\n",
+                _ => "GET /fib?n=187 HTTP/1.1\r\nHost: t\r\n\r\n",
+            });
+        }
+        let started = Instant::now();
+        let client_port = stream.local_addr().unwrap().port();
+        // Reply bytes written by the server and not yet read (its send queue plus our receive
+        // queue) show when its writes to us start to block. Until then, ask once a
+        // millisecond; after, ask only 8 times every 500 ms, so that while one write waits out
+        // the send timeout (a few seconds when the kernel still makes room bit by bit), far
+        // fewer requests wait behind it than the pipelining bound.
+        let (mut queued, mut flat_checks, mut sent) = (0, 0, 0u64);
+        while (stop_when_full || started.elapsed() < Duration::from_secs(3))
+            && !stop_hostile.load(std::sync::atomic::Ordering::Relaxed)
+            && stream.write_all(requests.as_bytes()).is_ok()
+        {
+            sent += 1;
+            if !stop_when_full {
+                continue;
+            }
+            let slow = flat_checks >= 4;
+            if slow && sent % 8 == 0 {
+                std::thread::sleep(Duration::from_millis(500));
+            } else if !slow {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if sent % 8 == 0 {
+                // Flat means less than half of the last 8 replies arrived. A pause of the
+                // server's is not a block: once all 8 arrive again, back to asking fast.
+                let now_queued = unread_bytes(addr.port(), client_port);
+                let grown = now_queued.saturating_sub(queued);
+                flat_checks = if grown > 4 * REPLY_BYTES {
+                    0
+                } else {
+                    flat_checks + 1
+                };
+                if slow && grown >= 8 * REPLY_BYTES {
+                    flat_checks = 0;
+                }
+                queued = queued.max(now_queued);
+            }
+        }
+        // Hold the connection open, unread, until the test ends.
+        while !stop_hostile.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let mut worst = Duration::ZERO;
+    let started = Instant::now();
+    let mut asked = 0;
+    // Until the hostile connection is abandoned, and at least 3 s; 30 s at most.
+    let abandoned = || server.log_text().contains("event=connection_abandoned");
+    while started.elapsed() < Duration::from_secs(3)
+        || !abandoned() && started.elapsed() < Duration::from_secs(30)
+    {
+        for (method, path) in [
+            ("GET", "/current"),
+            ("POST", "/next"),
+            ("POST", "/previous"),
+        ] {
+            let sent = Instant::now();
+            let reply = timed_request(addr, method, path, Duration::from_secs(5));
+            let took = sent.elapsed();
+            worst = worst.max(took);
+            asked += 1;
+            assert!(
+                reply.is_some_and(|s| s == 200 || s == 409),
+                "{method} {path} after {:?}: {reply:?} in {took:?}\n{}",
+                started.elapsed(),
+                server.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    hostile.join().unwrap();
+    let log = server.log_text();
+    assert!(!log.contains("reason=deaf"), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("event=connection_abandoned") && l.contains(reason)),
+        "expected the connection abandoned for {reason}:\n{log}"
+    );
+    println!("non-reading client ({reason}): {asked} ordinary requests, slowest {worst:?}");
+}
+
+/// The size of a `/fib?n=187` reply with its head, roughly.
+const REPLY_BYTES: usize = 3_900;
+
+/// Bytes in flight on a loopback TCP connection, from /proc/net/tcp: the server end's send
+/// queue plus the client end's receive queue.
+fn unread_bytes(server_port: u16, client_port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = |address: &str| {
+        address
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, remote) = (port(fields.get(1)?)?, port(fields.get(2)?)?);
+            let (tx_queue, rx_queue) = fields.get(4)?.split_once(':')?;
+            let queue = |hex: &str| usize::from_str_radix(hex, 16).ok();
+            if (local, remote) == (server_port, client_port) {
+                queue(tx_queue)
+            } else if (local, remote) == (client_port, server_port) {
+                queue(rx_queue)
+            } else {
+                None
+            }
+        })
+        .sum()
+}
+
+/// One request on a fresh connection with its own deadline; the status, or `None` when no
+/// reply came in time.
+fn timed_request(addr: SocketAddr, method: &str, path: &str, limit: Duration) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, limit).ok()?;
+    stream.set_read_timeout(Some(limit)).ok()?;
+    let raw = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    stream.write_all(raw.as_bytes()).ok()?;
+    let mut reader = BufReader::new(stream);
+    read_reply_lenient(&mut reader)
+}
+
+/// The status of one reply, or `None` on a timeout or a closed connection.
+fn read_reply_lenient(reader: &mut impl std::io::BufRead) -> Option<u16> {
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    line.split(' ').nth(1)?.parse().ok()
+}

@@ -32,8 +32,23 @@ fn metrics_move_as_requests_are_made() {
     server.get("/previous");
     server.get("/fib/abc");
     server.get("/nowhere");
-    let after = server.get("/metrics").body;
-
+    // A request is counted just after its reply is written, so the client can be a moment
+    // ahead of the counters: wait until the last requests show.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let after = loop {
+        let after = server.get("/metrics").body;
+        let counted = [
+            "fibd_requests_total{route=\"/previous\",code=\"200\"}",
+            "fibd_requests_total{route=\"/fib/{n}\",code=\"400\"}",
+            "fibd_requests_total{route=\"other\",code=\"404\"}",
+        ]
+        .iter()
+        .all(|name| sample(&after, name) == Some(1.0));
+        if counted || Instant::now() > deadline {
+            break after;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
     assert_eq!(sample(&after, "fibd_cursor_index"), Some(2.0));
     assert_eq!(
         sample(&after, "fibd_requests_total{route=\"/next\",code=\"200\"}"),

@@ -1,0 +1,313 @@
+//! Per-connection admission: at most one request of each client connection is inside the
+//! server at a time. Requests a client pipelines behind it wait here, and a connection that
+//! cannot take its replies is abandoned.
+//!
+//! Why: tiny_http writes a connection's replies in request order, so the thread answering a
+//! pipelined request waits, with no time limit, until every earlier reply of that connection is
+//! written. If several of one connection's requests reached the workers at once, a client that
+//! pipelines and never reads would hold every worker, each waiting its turn to hit the send
+//! timeout, and stall the whole server. Holding later requests back until the earlier reply is
+//! written means a thread only ever waits on the socket itself, for one send timeout at most;
+//! after that the connection is abandoned and its further requests are dropped unanswered.
+//!
+//! The table is generic over what it holds, so its rules are tested without sockets.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::limits;
+
+/// What to do with a request the acceptor has just routed.
+pub enum Admit<T> {
+    /// Nothing else of its connection is in flight: send it on now.
+    Go(T),
+    /// It waits behind its connection's request in flight; `finish` hands it back.
+    Parked,
+    /// Its connection is abandoned: drop these without a reply.
+    Drop(Vec<T>, Option<Abandoned>),
+}
+
+/// What to do after a connection's request in flight has been answered.
+pub enum Finish<T> {
+    /// The connection has nothing more waiting.
+    Idle,
+    /// Send this next request of the connection on; it is now the one in flight.
+    Next(T),
+    /// The connection is now abandoned: drop these waiting requests without a reply.
+    Drop(Vec<T>, Abandoned),
+}
+
+/// Why a connection was abandoned, for the log and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Abandoned {
+    /// A reply could not be written within the send timeout: the client does not read.
+    NotReading,
+    /// More pipelined requests than `PIPELINED_PER_CONNECTION_MAX` waited behind the one in
+    /// flight.
+    PipelinedTooDeep,
+    /// Waiting requests of all connections together reached `PIPELINED_TOTAL_MAX`.
+    PipelinedTotalFull,
+}
+
+impl Abandoned {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Abandoned::NotReading => "not_reading",
+            Abandoned::PipelinedTooDeep => "pipelined_too_deep",
+            Abandoned::PipelinedTotalFull => "pipelined_total_full",
+        }
+    }
+}
+
+struct Connection<T> {
+    /// One request of this connection is between admission and `finish`.
+    in_flight: bool,
+    waiting: VecDeque<T>,
+    /// When a request of this abandoned connection was last seen.
+    abandoned_seen: Option<Instant>,
+}
+
+struct Shard<T> {
+    connections: HashMap<SocketAddr, Connection<T>>,
+    next_sweep: Instant,
+}
+
+pub struct Connections<T> {
+    /// Sharded by client port, so the acceptor and the threads finishing requests rarely wait
+    /// for each other.
+    shards: Vec<Mutex<Shard<T>>>,
+    /// Requests waiting in all connections together.
+    waiting_total: AtomicUsize,
+    /// An abandoned connection is forgotten once none of its requests arrived for this long:
+    /// by then the idle timeout has closed it, and its address may be reused.
+    forget_after: Duration,
+}
+
+/// Shards of the table; a small power of two is plenty for a handful of threads.
+const SHARDS: usize = 16;
+
+impl<T> Connections<T> {
+    pub fn new(forget_after: Duration, now: Instant) -> Connections<T> {
+        let shard = || {
+            Mutex::new(Shard {
+                connections: HashMap::new(),
+                next_sweep: now + forget_after,
+            })
+        };
+        Connections {
+            shards: (0..SHARDS).map(|_| shard()).collect(),
+            waiting_total: AtomicUsize::new(0),
+            forget_after,
+        }
+    }
+
+    fn shard(&self, peer: SocketAddr) -> std::sync::MutexGuard<'_, Shard<T>> {
+        // A panic while holding the lock aborts the process (see the panic hook), so a
+        // poisoned lock is never observed by a live server.
+        self.shards[usize::from(peer.port()) % SHARDS]
+            .lock()
+            .expect("connection table lock")
+    }
+
+    /// Admits a request of the connection from `peer`.
+    pub fn admit(&self, peer: SocketAddr, request: T, now: Instant) -> Admit<T> {
+        let mut shard = self.shard(peer);
+        if now >= shard.next_sweep {
+            self.sweep(&mut shard, now);
+        }
+        let connection = match shard.connections.entry(peer) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(Connection {
+                    in_flight: true,
+                    waiting: VecDeque::new(),
+                    abandoned_seen: None,
+                });
+                return Admit::Go(request);
+            }
+            Entry::Occupied(occupied) => occupied.into_mut(),
+        };
+        if let Some(seen) = connection.abandoned_seen.as_mut() {
+            *seen = now;
+            return Admit::Drop(vec![request], None);
+        }
+        if !connection.in_flight {
+            connection.in_flight = true;
+            return Admit::Go(request);
+        }
+        let reason = if connection.waiting.len() >= limits::PIPELINED_PER_CONNECTION_MAX {
+            Abandoned::PipelinedTooDeep
+        } else if self.waiting_total.fetch_add(1, Ordering::Relaxed) >= limits::PIPELINED_TOTAL_MAX
+        {
+            self.waiting_total.fetch_sub(1, Ordering::Relaxed);
+            Abandoned::PipelinedTotalFull
+        } else {
+            connection.waiting.push_back(request);
+            return Admit::Parked;
+        };
+        let mut dropped = self.abandon(connection, now);
+        dropped.push(request);
+        Admit::Drop(dropped, Some(reason))
+    }
+
+    /// Records that the request in flight of `peer` has been answered; `written` is false when
+    /// its reply could not be written.
+    pub fn finish(&self, peer: SocketAddr, written: bool, now: Instant) -> Finish<T> {
+        let mut shard = self.shard(peer);
+        let Some(connection) = shard.connections.get_mut(&peer) else {
+            panic!("finish for {peer}, which has no request in flight");
+        };
+        assert!(
+            connection.in_flight,
+            "finish for {peer} without a request in flight"
+        );
+        if connection.abandoned_seen.is_some() {
+            connection.in_flight = false;
+            return Finish::Idle;
+        }
+        if !written {
+            connection.in_flight = false;
+            return Finish::Drop(self.abandon(connection, now), Abandoned::NotReading);
+        }
+        if let Some(next) = connection.waiting.pop_front() {
+            self.waiting_total.fetch_sub(1, Ordering::Relaxed);
+            return Finish::Next(next);
+        }
+        shard.connections.remove(&peer);
+        Finish::Idle
+    }
+
+    fn abandon(&self, connection: &mut Connection<T>, now: Instant) -> Vec<T> {
+        connection.abandoned_seen = Some(now);
+        self.waiting_total
+            .fetch_sub(connection.waiting.len(), Ordering::Relaxed);
+        connection.waiting.drain(..).collect()
+    }
+
+    /// Forgets abandoned connections not heard from for `forget_after`.
+    fn sweep(&self, shard: &mut Shard<T>, now: Instant) {
+        let forget_after = self.forget_after;
+        shard.connections.retain(|_, c| {
+            c.in_flight
+                || c.abandoned_seen
+                    .is_none_or(|seen| now - seen < forget_after)
+        });
+        shard.next_sweep = now + forget_after;
+    }
+
+    /// Connections with a request in flight or abandoned and not yet forgotten.
+    pub fn tracked(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().expect("connection table lock").connections.len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn table() -> (Connections<u32>, Instant) {
+        let now = Instant::now();
+        (Connections::new(Duration::from_secs(30), now), now)
+    }
+
+    #[test]
+    fn requests_of_one_connection_go_one_at_a_time_in_order() {
+        let (table, now) = table();
+        assert!(matches!(table.admit(peer(1), 1, now), Admit::Go(1)));
+        assert!(matches!(table.admit(peer(1), 2, now), Admit::Parked));
+        assert!(matches!(table.admit(peer(1), 3, now), Admit::Parked));
+        // Another connection is not held up.
+        assert!(matches!(table.admit(peer(2), 10, now), Admit::Go(10)));
+        assert!(matches!(table.finish(peer(1), true, now), Finish::Next(2)));
+        assert!(matches!(table.finish(peer(1), true, now), Finish::Next(3)));
+        assert!(matches!(table.finish(peer(1), true, now), Finish::Idle));
+        assert!(matches!(table.finish(peer(2), true, now), Finish::Idle));
+        assert_eq!(table.tracked(), 0, "idle connections are not kept");
+        assert!(matches!(table.admit(peer(1), 4, now), Admit::Go(4)));
+    }
+
+    #[test]
+    fn a_failed_write_abandons_the_connection_and_drops_what_waits() {
+        let (table, now) = table();
+        let _ = table.admit(peer(1), 1, now);
+        let _ = table.admit(peer(1), 2, now);
+        let _ = table.admit(peer(1), 3, now);
+        match table.finish(peer(1), false, now) {
+            Finish::Drop(dropped, Abandoned::NotReading) => assert_eq!(dropped, vec![2, 3]),
+            _ => panic!("expected the waiting requests to be dropped"),
+        }
+        // Later requests of the abandoned connection are dropped too, silently.
+        assert!(matches!(table.admit(peer(1), 4, now), Admit::Drop(d, None) if d == vec![4]));
+        assert_eq!(table.waiting_total.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn an_abandoned_connection_is_forgotten_once_it_stays_quiet() {
+        let (table, now) = table();
+        let _ = table.admit(peer(1), 1, now);
+        let _ = table.finish(peer(1), false, now);
+        let later = now + Duration::from_secs(20);
+        // Still heard from: stays abandoned, and the clock restarts.
+        assert!(matches!(table.admit(peer(1), 2, later), Admit::Drop(..)));
+        let quiet = later + Duration::from_secs(31);
+        // The sweep runs on any admission to the shard; the address is then new again.
+        assert!(matches!(table.admit(peer(1), 3, quiet), Admit::Go(3)));
+    }
+
+    #[test]
+    fn pipelining_past_the_bound_abandons_the_connection() {
+        let (table, now) = table();
+        let _ = table.admit(peer(1), 0, now);
+        for i in 1..=limits::PIPELINED_PER_CONNECTION_MAX as u32 {
+            assert!(matches!(table.admit(peer(1), i, now), Admit::Parked));
+        }
+        match table.admit(peer(1), 999, now) {
+            Admit::Drop(dropped, Some(Abandoned::PipelinedTooDeep)) => {
+                assert_eq!(dropped.len(), limits::PIPELINED_PER_CONNECTION_MAX + 1);
+                assert_eq!(dropped.last(), Some(&999));
+            }
+            _ => panic!("expected the connection to be abandoned"),
+        }
+        // The request in flight still completes; nothing more follows it.
+        assert!(matches!(table.finish(peer(1), true, now), Finish::Idle));
+        assert_eq!(table.waiting_total.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn waiting_requests_are_bounded_across_connections() {
+        let (table, now) = table();
+        let per = limits::PIPELINED_PER_CONNECTION_MAX;
+        let connections = limits::PIPELINED_TOTAL_MAX.div_ceil(per) + 1;
+        let mut abandoned = 0;
+        for c in 0..connections as u16 {
+            let _ = table.admit(peer(c + 1), 0, now);
+            for i in 0..per as u32 {
+                if let Admit::Drop(_, Some(Abandoned::PipelinedTotalFull)) =
+                    table.admit(peer(c + 1), i, now)
+                {
+                    abandoned += 1;
+                    break;
+                }
+            }
+        }
+        assert!(abandoned > 0);
+        assert!(table.waiting_total.load(Ordering::Relaxed) <= limits::PIPELINED_TOTAL_MAX);
+    }
+
+    #[test]
+    #[should_panic(expected = "no request in flight")]
+    fn finishing_a_connection_with_nothing_in_flight_is_a_bug() {
+        let (table, now) = table();
+        let _ = table.finish(peer(1), true, now);
+    }
+}
