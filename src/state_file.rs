@@ -50,6 +50,12 @@ impl StateFile {
                 return Err(Error::io(Operation::Lock, path, err));
             }
         }
+        // The file's name is durable only once its directory is. Syncing it on every start,
+        // not just after creating the file, covers a first start killed between the two:
+        // steps acknowledged later must not live in a file whose name a power cut can undo.
+        File::open(directory_of(path))
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| Error::io(Operation::SyncDirectory, path, e))?;
         let mut bytes = Vec::with_capacity(slot::FILE_BYTES);
         // Read one byte past the expected size so an over-long file is noticed too.
         (&file)
@@ -93,12 +99,9 @@ fn open_existing(path: &Path) -> io::Result<File> {
 /// Creates a new state file so that it appears whole or not at all: the initial contents go
 /// to a private temporary file, are made durable, and are then hard-linked into place. Unlike
 /// a rename, the link fails if the file already exists, so two servers started at once on a
-/// missing file can never replace each other's file.
+/// missing file can never replace each other's file. `StateFile::open` then syncs the
+/// directory, which makes the new name durable.
 fn create(path: &Path) -> Result<(), Error> {
-    let directory = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let file_name = path.file_name().ok_or_else(|| {
         Error::io(
             Operation::Create,
@@ -108,17 +111,21 @@ fn create(path: &Path) -> Result<(), Error> {
     })?;
     let mut temp_name = file_name.to_os_string();
     temp_name.push(format!(".new.{}", std::process::id()));
-    let temp = directory.join(temp_name);
+    let temp = directory_of(path).join(temp_name);
     let result = write_new(&temp).and_then(|()| match fs::hard_link(&temp, path) {
         // Another server created it first; its file is as good as ours.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         other => other,
     });
     let _ = fs::remove_file(&temp);
-    result.map_err(|e| Error::io(Operation::Create, path, e))?;
-    File::open(&directory)
-        .and_then(|dir| dir.sync_all())
-        .map_err(|e| Error::io(Operation::SyncDirectory, path, e))
+    result.map_err(|e| Error::io(Operation::Create, path, e))
+}
+
+fn directory_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
 }
 
 fn write_new(temp: &Path) -> io::Result<()> {
