@@ -20,6 +20,12 @@ pub enum Command {
     Version,
 }
 
+/// Default listen address: loopback, so exposing the server is an explicit choice.
+pub const LISTEN_DEFAULT: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8080,
+));
+
 /// Default deadline of `fibd probe`, well inside the usual 3-5 s health-check timeouts.
 pub const PROBE_TIMEOUT_MS_DEFAULT: u64 = 2_000;
 
@@ -114,7 +120,7 @@ pub fn parse(
     };
 
     let listen = match pick(listen, "FIBD_LISTEN") {
-        None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        None => LISTEN_DEFAULT,
         Some((name, value)) => value.parse().map_err(|_| {
             format!(
                 "{name}: {value:?} is not an IP:PORT address (e.g. 127.0.0.1:8080 or [::]:8080)"

@@ -340,8 +340,12 @@ impl StepReplies {
     /// is the back-pressure that keeps replies bounded.
     pub fn deliver(&self, ticket: Ticket, outcome: Outcome) {
         // A responder only ends after every sender is gone, so this cannot fail while the
-        // state owner runs; if it somehow did, tiny_http closes the dropped request itself.
-        let _ = self.queues[ticket.responder].send((ticket, outcome));
+        // state owner runs.
+        let sent = self.queues[ticket.responder].send((ticket, outcome));
+        assert!(
+            sent.is_ok(),
+            "a step responder ended while the state owner runs"
+        );
     }
 }
 
@@ -423,10 +427,9 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
         let Err(err) = serve(edge, &server, None) else {
             return; // Shutdown: `serve` drained what the loop had queued.
         };
-        log::warn("accept_failed", &[("error", &err)]);
+        log::warn("accept_failed", &[("error", &err.message)]);
         edge.metrics.accept_failures.fetch_add(1, Ordering::Relaxed);
-        let panicked_out_of_descriptors = err.to_string().contains("descriptors ran out");
-        if matches!(err.raw_os_error(), Some(23 | 24)) || panicked_out_of_descriptors {
+        if err.out_of_descriptors {
             let shed = shed_backlog(&listener);
             edge.metrics
                 .connections_shed
@@ -460,9 +463,16 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
     }
 }
 
+/// Why an accept loop ended, other than for shutdown.
+struct LoopFailed {
+    message: String,
+    /// The backlog is then shed, since no connection in it could be served.
+    out_of_descriptors: bool,
+}
+
 /// Routes the requests of one accept loop until shutdown (`Ok`), until tiny_http reports that
 /// the loop has failed (`Err`), or, for a retired loop, until it has been idle for `idle_max`.
-fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> io::Result<()> {
+fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> Result<(), LoopFailed> {
     let poll = Duration::from_millis(limits::ACCEPT_POLL_MS);
     let mut last_request = Instant::now();
     loop {
@@ -478,11 +488,18 @@ fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> io::Result
             match ACCEPT_THREAD_PANICKED.swap(0, Ordering::AcqRel) {
                 0 => {}
                 2 => {
-                    return Err(io::Error::other(
-                        "tiny_http's accept thread panicked: file descriptors ran out",
-                    ));
+                    return Err(LoopFailed {
+                        message: "tiny_http's accept thread panicked: file descriptors ran out"
+                            .to_string(),
+                        out_of_descriptors: true,
+                    });
                 }
-                _ => return Err(io::Error::other("tiny_http's accept thread panicked")),
+                _ => {
+                    return Err(LoopFailed {
+                        message: "tiny_http's accept thread panicked".to_string(),
+                        out_of_descriptors: false,
+                    });
+                }
             }
         }
         match server.recv_timeout(poll) {
@@ -496,7 +513,13 @@ fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> io::Result
                 }
             }
             // A retired loop reported its failure already; nothing more can come.
-            Err(err) if idle_max.is_none() => return Err(err),
+            Err(err) if idle_max.is_none() => {
+                return Err(LoopFailed {
+                    message: err.to_string(),
+                    // ENFILE or EMFILE: the system's or the process's descriptors ran out.
+                    out_of_descriptors: matches!(err.raw_os_error(), Some(23 | 24)),
+                });
+            }
             Err(_) => {}
         }
     }
@@ -533,27 +556,25 @@ fn shed_backlog(listener: &TcpListener) -> u64 {
 fn dispatch(edge: &Edge, request: Request) {
     let arrived = Instant::now();
     let peer = request.remote_addr().copied();
-    let mut accept = None;
-    let mut chunked = false;
+    // One pass over the headers for everything routing needs.
+    let (mut accept, mut chunked, mut has_host, mut header_bytes) = (None, false, false, 0);
     for header in request.headers() {
+        header_bytes += header.field.as_str().as_str().len() + header.value.as_str().len();
         if header.field.equiv("Accept") {
             accept = Some(header.value.as_str());
         } else if header.field.equiv("Transfer-Encoding") {
             chunked = true;
+        } else if header.field.equiv("Host") {
+            has_host = true;
         }
     }
     let format = Format::from_accept(accept);
     let has_body = chunked || request.body_length().is_some_and(|len| len > 0);
     let head = routes::Head {
         target_bytes: request.url().len(),
-        header_bytes: request
-            .headers()
-            .iter()
-            .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len())
-            .sum(),
+        header_bytes,
         header_fields: request.headers().len(),
-        missing_host: *request.http_version() == (1, 1)
-            && !request.headers().iter().any(|h| h.field.equiv("Host")),
+        missing_host: *request.http_version() == (1, 1) && !has_host,
     };
     let route = routes::check_head(&head, format)
         .and_then(|()| routes::route(request.method().as_str(), request.url(), has_body, format));

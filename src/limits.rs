@@ -33,8 +33,9 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 /// requests; above an hour an idle client is indistinguishable from a leak.
 pub const IDLE_TIMEOUT_MS_MIN: u64 = 100;
 pub const IDLE_TIMEOUT_MS_MAX: u64 = 3_600_000;
-/// A client that stops reading its replies frees the writing thread after this long
-/// (SO_SNDTIMEO); it is short so a stuck client cannot hold up shutdown for long either.
+/// A write to a client that stops reading its replies fails after this long without progress
+/// (SO_SNDTIMEO, per write call), freeing the writing thread and abandoning the connection; it
+/// is short so a stuck client cannot hold up shutdown for long either.
 pub const SEND_TIMEOUT_MS: u64 = 1_500;
 
 /// Requests one connection may pipeline behind the one it has in flight. Clients that pipeline

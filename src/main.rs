@@ -73,10 +73,16 @@ fn probe_command(url: &str, timeout_ms: u64) -> ExitCode {
     // A bare path probes this host's own fibd, at the address FIBD_LISTEN names.
     let resolved;
     let url = if url.starts_with('/') {
-        let listen = std::env::var("FIBD_LISTEN").unwrap_or_default();
-        let listen = listen
-            .parse()
-            .unwrap_or(std::net::SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let listen = match std::env::var("FIBD_LISTEN") {
+            Ok(value) if !value.is_empty() => match value.parse() {
+                Ok(listen) => listen,
+                Err(_) => {
+                    eprintln!("fibd probe: FIBD_LISTEN: {value:?} is not an IP:PORT address");
+                    return ExitCode::from(2);
+                }
+            },
+            _ => config::LISTEN_DEFAULT,
+        };
         resolved = format!("http://{}{url}", watchdog::probe_address(listen));
         resolved.as_str()
     } else {

@@ -24,6 +24,7 @@ pub enum RouteLabel {
 impl RouteLabel {
     /// The label for a request target, whatever its method and whether or not it is valid.
     pub fn of_target(target: &str) -> RouteLabel {
+        let target = crate::routes::strip_absolute_form(target);
         let path = target.split_once('?').map_or(target, |(path, _)| path);
         match path {
             "/" => RouteLabel::Index,
@@ -202,11 +203,6 @@ impl Metrics {
         histogram.observe(elapsed.as_secs_f64());
     }
 
-    pub fn requests_total(&self, route: RouteLabel, status: u16) -> u64 {
-        let r = ROUTES.iter().position(|(l, _)| *l == route).unwrap();
-        self.requests[r * CODES.len() + code_slot(status)].load(Ordering::Relaxed)
-    }
-
     /// The exposition text. `index` and `ready` come from the state owner and the edge;
     /// `listening` is how many of our descriptors are listening sockets (the edge knows).
     pub fn render(&self, index: u8, ready: bool, version: &str, listening: u64) -> String {
@@ -324,7 +320,7 @@ impl Metrics {
             &mut out,
             "fibd_open_connections",
             "gauge",
-            "Client connections open (sockets held other than listening ones; includes the watchdog's probe while it runs).",
+            "Sockets open other than the listening ones: client connections, plus the watchdog's probe while it runs and, under systemd, the journal's and notify sockets.",
         );
         let _ = writeln!(
             out,
@@ -426,6 +422,16 @@ impl ProcessFigures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_labels_follow_the_router() {
+        assert_eq!(RouteLabel::of_target("/next"), RouteLabel::Next);
+        assert_eq!(RouteLabel::of_target("/fib/abc"), RouteLabel::Fib);
+        assert_eq!(RouteLabel::of_target("/fib?n=3"), RouteLabel::FibList);
+        // An absolute-form target is routed by its path, so it is counted by it too.
+        assert_eq!(RouteLabel::of_target("http://h/next"), RouteLabel::Next);
+        assert_eq!(RouteLabel::of_target("/nowhere"), RouteLabel::Other);
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

@@ -427,7 +427,7 @@ Send 'Accept: application/json' for JSON; numbers are strings there.
 ";
 
 /// Accepts `http://host/path` request targets (absolute form) by dropping scheme and host.
-fn strip_absolute_form(target: &str) -> &str {
+pub fn strip_absolute_form(target: &str) -> &str {
     for scheme in ["http://", "https://"] {
         if let Some(rest) = target.strip_prefix(scheme) {
             return rest.find('/').map_or("/", |i| &rest[i..]);

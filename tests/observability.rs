@@ -159,6 +159,14 @@ fn probe_exits_zero_only_for_a_timely_2xx() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // A FIBD_LISTEN the server would refuse is an error here too, not a silent default.
+    let out = Command::new(BIN)
+        .args(["probe", "/readyz"])
+        .env("FIBD_LISTEN", "localhost")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FIBD_LISTEN"));
     let bad = probe("ftp://x".into());
     assert_eq!(bad.status.code(), Some(2));
 }
