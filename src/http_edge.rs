@@ -79,6 +79,10 @@ pub struct Edge {
     headers: Headers,
     /// Which connections have a request in flight, and what they pipelined behind it.
     connections: Connections<Routed>,
+    /// Connections kept open forever because tiny_http left a request body unread on them.
+    kept_connections: AtomicUsize,
+    /// Ends the process non-zero, for its supervisor to restart it.
+    on_fatal: Box<dyn Fn(String) + Send + Sync>,
     /// The queues to the workers and the state owner; `None` once shutdown has drained the
     /// accept loop, so that the workers' and the state owner's queues close and they end.
     queues: Mutex<Option<Queues>>,
@@ -106,6 +110,7 @@ impl Edge {
         metrics: Arc<Metrics>,
         access_log: bool,
         idle_timeout: Duration,
+        on_fatal: Box<dyn Fn(String) + Send + Sync>,
     ) -> Arc<Edge> {
         let header = |name: &str, value: &str| {
             Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
@@ -122,10 +127,12 @@ impl Edge {
                 Instant::now(),
             ),
             queues: Mutex::new(None),
+            kept_connections: AtomicUsize::new(0),
+            on_fatal,
             headers: Headers {
-                text: header("Content-Type", "text/plain; charset=utf-8"),
-                json: header("Content-Type", "application/json"),
-                prometheus: header("Content-Type", "text/plain; version=0.0.4; charset=utf-8"),
+                text: header("Content-Type", Format::Text.content_type()),
+                json: header("Content-Type", Format::Json.content_type()),
+                prometheus: header("Content-Type", Format::Prometheus.content_type()),
                 no_store: header("Cache-Control", "no-store"),
             },
         })
@@ -207,7 +214,12 @@ impl Edge {
     ) {
         let count = dropped.len() as u64;
         for routed in dropped {
-            drop(routed.into_parts().0.into_writer());
+            let request = routed.into_parts().0;
+            if body_left_unread(&request) {
+                self.keep_forever(request);
+            } else {
+                drop(request.into_writer());
+            }
         }
         self.metrics
             .requests_dropped
@@ -232,6 +244,72 @@ impl Edge {
     /// counts as written, since tiny_http ignores those errors.
     fn respond(&self, request: Request, reply: Reply, meta: Meta) -> bool {
         let status = reply.status;
+        let access = self.access_fields(&request);
+        let written = if body_left_unread(&request) {
+            self.respond_and_keep(request, &reply);
+            false
+        } else {
+            request.respond(self.response(reply)).is_ok()
+        };
+        let elapsed = meta.arrived.elapsed();
+        self.metrics.request(meta.route, status, meta.step, elapsed);
+        if let Some((method, target, remote)) = access {
+            log::info(
+                "access",
+                &[
+                    ("method", &method),
+                    ("target", &target),
+                    ("status", &status),
+                    ("duration_us", &elapsed.as_micros()),
+                    ("remote", &remote),
+                ],
+            );
+        }
+        written
+    }
+
+    /// Answers a request whose body tiny_http left on the socket, without ever dropping it
+    /// (see `body_left_unread`). `upgrade` is the one way tiny_http offers to write on a
+    /// connection and take it over with its body unread: it writes an interim `100 Continue`,
+    /// which HTTP/1.1 clients skip, and the final answer follows, framed by us and marked
+    /// `Connection: close`. The connection is then kept, never used again.
+    fn respond_and_keep(&self, request: Request, reply: &Reply) {
+        let head_only = request.method() == &tiny_http::Method::Head;
+        let mut connection = request.upgrade("HTTP/1.1", Response::empty(100));
+        let head = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            reply.status,
+            tiny_http::StatusCode(reply.status).default_reason_phrase(),
+            reply.format.content_type(),
+            reply.body.len()
+        );
+        let body = if head_only { "" } else { reply.body.as_str() };
+        let _ = connection
+            .write_all(head.as_bytes())
+            .and_then(|()| connection.write_all(body.as_bytes()))
+            .and_then(|()| connection.flush());
+        self.keep_forever(connection);
+    }
+
+    /// Keeps a request or connection whose body tiny_http left unread from ever being dropped.
+    /// Each costs tiny_http's thread for its connection and two descriptors until the process
+    /// ends; past `KEPT_CONNECTIONS_MAX`, the process exits for its supervisor to start afresh.
+    fn keep_forever<T>(&self, kept: T) {
+        std::mem::forget(kept);
+        let count = self.kept_connections.fetch_add(1, Ordering::Relaxed) + 1;
+        self.metrics
+            .connections_kept
+            .fetch_add(1, Ordering::Relaxed);
+        log::warn("request_body_unread", &[("connections_kept", &count)]);
+        if count == limits::KEPT_CONNECTIONS_MAX {
+            (self.on_fatal)(format!(
+                "{count} connections kept open for request bodies that were never read"
+            ));
+        }
+    }
+
+    /// The tiny_http response for `reply`.
+    fn response(&self, reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
         let content_type = match reply.format {
             Format::Text => self.headers.text.clone(),
             Format::Json => self.headers.json.clone(),
@@ -250,7 +328,12 @@ impl Edge {
             let value = secs.to_string();
             response.add_header(Header::from_bytes("Retry-After", value).expect("digits"));
         }
-        let access = (self.access_log && request.url() != watchdog::PROBE_TARGET).then(|| {
+        response
+    }
+
+    /// The access log's fields for `request`, when the access log is on.
+    fn access_fields(&self, request: &Request) -> Option<(String, String, String)> {
+        (self.access_log && request.url() != watchdog::PROBE_TARGET).then(|| {
             let method = request.method().as_str().to_string();
             let mut target: String = request
                 .url()
@@ -264,24 +347,31 @@ impl Edge {
                 .remote_addr()
                 .map_or("-".to_string(), ToString::to_string);
             (method, target, remote)
-        });
-        let written = request.respond(response).is_ok();
-        let elapsed = meta.arrived.elapsed();
-        self.metrics.request(meta.route, status, meta.step, elapsed);
-        if let Some((method, target, remote)) = access {
-            log::info(
-                "access",
-                &[
-                    ("method", &method),
-                    ("target", &target),
-                    ("status", &status),
-                    ("duration_us", &elapsed.as_micros()),
-                    ("remote", &remote),
-                ],
-            );
-        }
-        written
+        })
     }
+}
+
+/// tiny_http reads a request body of up to this many bytes when it parses the request.
+const TINY_HTTP_BODY_READ_BYTES: usize = 1024;
+
+/// True when tiny_http left the request's body on the socket: a Content-Length over
+/// `TINY_HTTP_BODY_READ_BYTES`, or any body announced with `Expect: 100-continue`. Dropping
+/// such a request makes tiny_http read the body to its end, into one allocation of the length
+/// the client announced (a Content-Length of petabytes aborts the process) and with no limit
+/// on time (a client trickling its body holds the dropping thread). No route takes a body, so
+/// fibd never wants it: such a request is answered and then kept, never dropped.
+fn body_left_unread(request: &Request) -> bool {
+    let Some(length) = request.body_length() else {
+        return false; // no body, or a chunked one, which tiny_http does not drain
+    };
+    // The first of each header, as tiny_http reads them. Any `Expect` that reaches us is
+    // `100-continue` (tiny_http answers others 417 itself); an upgrade request gets the raw
+    // socket as its body, which is never drained.
+    let first = |name: &'static str| request.headers().iter().find(|h| h.field.equiv(name));
+    let expects_continue = first("Expect").is_some();
+    let upgrade = first("Connection")
+        .is_some_and(|h| h.value.as_str().to_ascii_lowercase().contains("upgrade"));
+    length > 0 && !upgrade && (length > TINY_HTTP_BODY_READ_BYTES || expects_continue)
 }
 
 /// A request for a worker: answer a route, or send an error already decided by the acceptor.

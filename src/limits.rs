@@ -49,6 +49,12 @@ pub const PIPELINED_TOTAL_MAX: usize = 8_192;
 /// none arrived for this many idle timeouts; by then the idle timeout has closed it.
 pub const ABANDONED_IDLE_TIMEOUTS: u32 = 2;
 
+/// Connections kept open forever because a request on them announced a body that tiny_http
+/// would otherwise read through on our threads (see `http_edge::body_left_unread`); each holds
+/// a thread and two descriptors, so past this many the process exits and its supervisor starts
+/// a clean one.
+pub const KEPT_CONNECTIONS_MAX: usize = 128;
+
 /// How often the acceptor checks whether it should stop; this bounds how late shutdown begins.
 pub const ACCEPT_POLL_MS: u64 = 50;
 /// Back-off between restarts of a failed accept loop, doubling from the first value up to

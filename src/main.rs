@@ -164,6 +164,7 @@ fn serve(config: Config) -> ExitCode {
         Arc::clone(&metrics),
         config.access_log,
         idle_timeout,
+        Box::new(fatal("unread_bodies")),
     );
     let http_edge::Started {
         threads,

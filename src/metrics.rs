@@ -154,6 +154,8 @@ pub struct Metrics {
     pub connections_abandoned: AtomicU64,
     /// Requests of abandoned connections, dropped without a reply.
     pub requests_dropped: AtomicU64,
+    /// Connections kept open forever because a request on them left its body unread.
+    pub connections_kept: AtomicU64,
     /// Accept loops that failed and were restarted.
     pub accept_failures: AtomicU64,
     start_time_seconds: f64,
@@ -183,6 +185,7 @@ impl Metrics {
             connections_shed: AtomicU64::new(0),
             connections_abandoned: AtomicU64::new(0),
             requests_dropped: AtomicU64::new(0),
+            connections_kept: AtomicU64::new(0),
             accept_failures: AtomicU64::new(0),
             start_time_seconds: start.as_secs_f64(),
         }
@@ -305,6 +308,11 @@ impl Metrics {
                 "fibd_requests_dropped_total",
                 "Requests of abandoned connections, dropped without a reply.",
                 &self.requests_dropped,
+            ),
+            (
+                "fibd_connections_kept_total",
+                "Connections kept open for good because a request on them announced a body over 1 KiB; fibd exits at 128.",
+                &self.connections_kept,
             ),
             (
                 "fibd_accept_failures_total",

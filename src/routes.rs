@@ -32,6 +32,15 @@ impl Format {
             _ => Format::Text,
         }
     }
+
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; charset=utf-8",
+            Format::Json => "application/json",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
 }
 
 /// What a well-formed request asks for.

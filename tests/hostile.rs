@@ -495,3 +495,86 @@ fn read_reply_lenient(reader: &mut impl std::io::BufRead) -> Option<u16> {
     reader.read_line(&mut line).ok()?;
     line.split(' ').nth(1)?.parse().ok()
 }
+
+/// Sends `head` on a fresh connection and returns the final status, skipping interim 1xx
+/// answers, or `None` if none came within `limit`.
+fn final_status(addr: SocketAddr, head: &str, limit: Duration) -> Option<(u16, TcpStream)> {
+    let mut stream = TcpStream::connect_timeout(&addr, limit).ok()?;
+    stream.set_read_timeout(Some(limit)).ok()?;
+    stream.write_all(head.as_bytes()).ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    loop {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).ok()?;
+        let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
+        // Skip the head; a 1xx has no body, and the final answer's body is not needed here.
+        loop {
+            let mut header = String::new();
+            std::io::BufRead::read_line(&mut reader, &mut header).ok()?;
+            if header.trim_end().is_empty() {
+                break;
+            }
+        }
+        if status >= 200 {
+            return Some((status, stream));
+        }
+    }
+}
+
+#[test]
+fn announced_bodies_get_a_4xx_without_being_read() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("bodies");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    let addr = server.addr;
+    let limit = Duration::from_secs(5);
+    // A Content-Length of petabytes: tiny_http would allocate it whole to read it through.
+    let huge = "GET /current HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000000000000\r\n\r\n";
+    assert_eq!(final_status(addr, huge, limit).map(|r| r.0), Some(400));
+    // Bodies trickled a byte at a time, more of them than there are workers: each is
+    // answered at once, and nobody else waits for them.
+    let trickled = "POST /next HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n";
+    let mut tricklers = Vec::new();
+    for _ in 0..8 {
+        let (status, stream) = final_status(addr, trickled, limit).expect("an answer");
+        assert_eq!(status, 400);
+        tricklers.push(stream);
+    }
+    let continued =
+        "POST /next HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n";
+    assert_eq!(final_status(addr, continued, limit).map(|r| r.0), Some(400));
+    for _ in 0..5 {
+        for stream in &mut tricklers {
+            let _ = stream.write_all(b"x");
+        }
+        assert_eq!(
+            server.value("/current"),
+            "0",
+            "no rejected step moved the cursor"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(server.post("/next").status, 200);
+    let log = server.log_text();
+    assert!(log.contains("event=request_body_unread"), "{log}");
+    assert!(!log.contains("level=error"), "{log}");
+}
+
+#[test]
+fn too_many_unread_bodies_restart_the_server() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("bodies-max");
+    let mut server = Server::start(&dir.join("fibd.state"), &[]);
+    let head = "POST /next HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..fibd::limits::KEPT_CONNECTIONS_MAX {
+        if let Some((status, stream)) = final_status(server.addr, head, Duration::from_secs(5)) {
+            assert_eq!(status, 400);
+            held.push(stream);
+        }
+    }
+    let status = server.wait_exit(Duration::from_secs(10));
+    let log = server.log_text();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
+    assert!(log.contains("reason=unread_bodies"), "{log}");
+}

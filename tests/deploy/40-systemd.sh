@@ -108,6 +108,8 @@ if [ "$crashes" -ge 6 ] && wait_for 10 back; then
     pass "comes back after a crash loop ($crashes restarts in 9 s)"
 else
     fail "comes back after a crash loop" "$crashes restarts; now $(ex systemctl is-active fibd.service)"
+    ex systemctl status --no-pager fibd.service 2>&1 | tail -n 8 | sed 's/^/    status: /'
+    ex journalctl -u fibd.service --no-pager -n 25 2>&1 | sed 's/^/    journal: /'
 fi
 check_eq "state survives the crash loop (index 5)" "$(http "$base/current" || true)" "$(fib 5)" || true
 check "logs reach the journal" sh -c \
