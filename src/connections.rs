@@ -51,6 +51,8 @@ pub enum Abandoned {
     PipelinedTooDeep,
     /// Waiting requests of all connections together reached `PIPELINED_TOTAL_MAX`.
     PipelinedTotalFull,
+    /// A request on it announced a body that is never read, so nothing more can follow.
+    BodyUnread,
 }
 
 impl Abandoned {
@@ -59,6 +61,7 @@ impl Abandoned {
             Abandoned::NotReading => "not_reading",
             Abandoned::PipelinedTooDeep => "pipelined_too_deep",
             Abandoned::PipelinedTotalFull => "pipelined_total_full",
+            Abandoned::BodyUnread => "body_unread",
         }
     }
 }
@@ -153,9 +156,14 @@ impl<T> Connections<T> {
         Admit::Drop(dropped, Some(reason))
     }
 
-    /// Records that the request in flight of `peer` has been answered; `written` is false when
-    /// its reply could not be written.
-    pub fn finish(&self, peer: SocketAddr, written: bool, now: Instant) -> Finish<T> {
+    /// Records that the request in flight of `peer` has been answered: `Ok` when its reply was
+    /// written, else why the connection is to be abandoned.
+    pub fn finish(
+        &self,
+        peer: SocketAddr,
+        answered: Result<(), Abandoned>,
+        now: Instant,
+    ) -> Finish<T> {
         let mut shard = self.shard(peer);
         let Some(connection) = shard.connections.get_mut(&peer) else {
             panic!("finish for {peer}, which has no request in flight");
@@ -168,9 +176,9 @@ impl<T> Connections<T> {
             connection.in_flight = false;
             return Finish::Idle;
         }
-        if !written {
+        if let Err(reason) = answered {
             connection.in_flight = false;
-            return Finish::Drop(self.abandon(connection, now), Abandoned::NotReading);
+            return Finish::Drop(self.abandon(connection, now), reason);
         }
         if let Some(next) = connection.waiting.pop_front() {
             self.waiting_total.fetch_sub(1, Ordering::Relaxed);
@@ -228,10 +236,16 @@ mod tests {
         assert!(matches!(table.admit(peer(1), 3, now), Admit::Parked));
         // Another connection is not held up.
         assert!(matches!(table.admit(peer(2), 10, now), Admit::Go(10)));
-        assert!(matches!(table.finish(peer(1), true, now), Finish::Next(2)));
-        assert!(matches!(table.finish(peer(1), true, now), Finish::Next(3)));
-        assert!(matches!(table.finish(peer(1), true, now), Finish::Idle));
-        assert!(matches!(table.finish(peer(2), true, now), Finish::Idle));
+        assert!(matches!(
+            table.finish(peer(1), Ok(()), now),
+            Finish::Next(2)
+        ));
+        assert!(matches!(
+            table.finish(peer(1), Ok(()), now),
+            Finish::Next(3)
+        ));
+        assert!(matches!(table.finish(peer(1), Ok(()), now), Finish::Idle));
+        assert!(matches!(table.finish(peer(2), Ok(()), now), Finish::Idle));
         assert_eq!(table.tracked(), 0, "idle connections are not kept");
         assert!(matches!(table.admit(peer(1), 4, now), Admit::Go(4)));
     }
@@ -242,7 +256,7 @@ mod tests {
         let _ = table.admit(peer(1), 1, now);
         let _ = table.admit(peer(1), 2, now);
         let _ = table.admit(peer(1), 3, now);
-        match table.finish(peer(1), false, now) {
+        match table.finish(peer(1), Err(Abandoned::NotReading), now) {
             Finish::Drop(dropped, Abandoned::NotReading) => assert_eq!(dropped, vec![2, 3]),
             _ => panic!("expected the waiting requests to be dropped"),
         }
@@ -255,7 +269,7 @@ mod tests {
     fn an_abandoned_connection_is_forgotten_once_it_stays_quiet() {
         let (table, now) = table();
         let _ = table.admit(peer(1), 1, now);
-        let _ = table.finish(peer(1), false, now);
+        let _ = table.finish(peer(1), Err(Abandoned::NotReading), now);
         let later = now + Duration::from_secs(20);
         // Still heard from: stays abandoned, and the clock restarts.
         assert!(matches!(table.admit(peer(1), 2, later), Admit::Drop(..)));
@@ -279,7 +293,7 @@ mod tests {
             _ => panic!("expected the connection to be abandoned"),
         }
         // The request in flight still completes; nothing more follows it.
-        assert!(matches!(table.finish(peer(1), true, now), Finish::Idle));
+        assert!(matches!(table.finish(peer(1), Ok(()), now), Finish::Idle));
         assert_eq!(table.waiting_total.load(Ordering::Relaxed), 0);
     }
 
@@ -308,6 +322,6 @@ mod tests {
     #[should_panic(expected = "no request in flight")]
     fn finishing_a_connection_with_nothing_in_flight_is_a_bug() {
         let (table, now) = table();
-        let _ = table.finish(peer(1), true, now);
+        let _ = table.finish(peer(1), Ok(()), now);
     }
 }

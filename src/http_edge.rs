@@ -168,9 +168,9 @@ impl Edge {
         let mut next = Some((request, reply, meta));
         while let Some((request, reply, meta)) = next.take() {
             let peer = request.remote_addr().copied();
-            let written = self.respond(request, reply, meta);
+            let answered = self.respond(request, reply, meta);
             let Some(peer) = peer else { return };
-            match self.connections.finish(peer, written, Instant::now()) {
+            match self.connections.finish(peer, answered, Instant::now()) {
                 Finish::Idle => {}
                 Finish::Next(routed) => next = self.forward(routed),
                 Finish::Drop(dropped, reason) => self.drop_unanswered(peer, dropped, Some(reason)),
@@ -239,17 +239,20 @@ impl Edge {
         }
     }
 
-    /// Writes `reply` to the client and returns whether it was written. A failure means the
-    /// client stopped reading (the send timeout fired); a client that has closed the connection
-    /// counts as written, since tiny_http ignores those errors.
-    fn respond(&self, request: Request, reply: Reply, meta: Meta) -> bool {
+    /// Writes `reply` to the client. `Ok` when it was written (a client that has closed the
+    /// connection counts, since tiny_http ignores those errors); else why the connection is to
+    /// be abandoned: the client stopped reading (the send timeout fired), or the request's
+    /// body was left unread.
+    fn respond(&self, request: Request, reply: Reply, meta: Meta) -> Result<(), Abandoned> {
         let status = reply.status;
         let access = self.access_fields(&request);
-        let written = if body_left_unread(&request) {
+        let answered = if body_left_unread(&request) {
             self.respond_and_keep(request, &reply);
-            false
+            Err(Abandoned::BodyUnread)
         } else {
-            request.respond(self.response(reply)).is_ok()
+            request
+                .respond(self.response(reply))
+                .map_err(|_| Abandoned::NotReading)
         };
         let elapsed = meta.arrived.elapsed();
         self.metrics.request(meta.route, status, meta.step, elapsed);
@@ -265,7 +268,7 @@ impl Edge {
                 ],
             );
         }
-        written
+        answered
     }
 
     /// Answers a request whose body tiny_http left on the socket, without ever dropping it
