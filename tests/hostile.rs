@@ -557,6 +557,7 @@ fn announced_bodies_get_a_4xx_without_being_read() {
     assert_eq!(server.post("/next").status, 200);
     let log = server.log_text();
     assert!(log.contains("event=request_body_unread"), "{log}");
+    assert!(log.contains("reason=body_unread"), "{log}");
     assert!(!log.contains("level=error"), "{log}");
 }
 
