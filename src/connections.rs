@@ -207,7 +207,8 @@ impl<T> Connections<T> {
     }
 
     /// Connections with a request in flight or abandoned and not yet forgotten.
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().expect("connection table lock").connections.len())

@@ -421,7 +421,8 @@ fn non_reading_client_is_abandoned(burst: usize, stop_when_full: bool, reason: &
             ("POST", "/previous"),
         ] {
             let sent = Instant::now();
-            let reply = timed_request(addr, method, path, Duration::from_secs(5));
+            let head = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            let reply = final_status(addr, &head, Duration::from_secs(5)).map(|(status, _)| status);
             let took = sent.elapsed();
             worst = worst.max(took);
             asked += 1;
@@ -476,24 +477,6 @@ fn unread_bytes(server_port: u16, client_port: u16) -> usize {
             }
         })
         .sum()
-}
-
-/// One request on a fresh connection with its own deadline; the status, or `None` when no
-/// reply came in time.
-fn timed_request(addr: SocketAddr, method: &str, path: &str, limit: Duration) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, limit).ok()?;
-    stream.set_read_timeout(Some(limit)).ok()?;
-    let raw = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    stream.write_all(raw.as_bytes()).ok()?;
-    let mut reader = BufReader::new(stream);
-    read_reply_lenient(&mut reader)
-}
-
-/// The status of one reply, or `None` on a timeout or a closed connection.
-fn read_reply_lenient(reader: &mut impl std::io::BufRead) -> Option<u16> {
-    let mut line = String::new();
-    reader.read_line(&mut line).ok()?;
-    line.split(' ').nth(1)?.parse().ok()
 }
 
 /// Sends `head` on a fresh connection and returns the final status, skipping interim 1xx
