@@ -691,11 +691,7 @@ fn dispatch(edge: &Edge, request: Request) {
     let routed = match route {
         Ok(Route::Step(step)) => {
             meta.step = true;
-            // Sharding replies by the client's port keeps one connection's replies on one
-            // responder, and so in order.
-            let responder = request
-                .remote_addr()
-                .map_or(0, |a| usize::from(a.port()) % limits::STEP_RESPONDERS);
+            let responder = request.remote_addr().map_or(0, responder_for);
             let ticket = Ticket {
                 request,
                 format,
@@ -721,6 +717,16 @@ fn dispatch(edge: &Edge, request: Request) {
     if let Some((request, reply, meta)) = edge.forward(routed) {
         edge.answer(request, reply, meta);
     }
+}
+
+/// The step responder for a connection. Sharding replies by connection keeps one connection's
+/// replies on one responder, and so in order. Linux gives `connect` even ephemeral ports, so
+/// the port's low bit would put nearly every client on one responder; a multiplicative
+/// (Fibonacci) hash of the port spreads them.
+fn responder_for(peer: &SocketAddr) -> usize {
+    const GOLDEN_RATIO_32: u32 = 0x9E37_79B9; // 2^32 divided by the golden ratio
+    let mixed = u32::from(peer.port()).wrapping_mul(GOLDEN_RATIO_32);
+    (mixed >> 16) as usize % limits::STEP_RESPONDERS
 }
 
 /// A worker: answers every route except steps, until the work queue closes.
@@ -750,3 +756,25 @@ fn work(edge: &Edge, jobs: Receiver<Job>) {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn step_replies_spread_over_every_responder_even_from_even_ports() {
+        // Linux's `connect` picks even ephemeral ports; odd ones come from explicit binds.
+        for parity in [0, 1] {
+            let mut per_responder = [0usize; limits::STEP_RESPONDERS];
+            for port in (32_768u16..60_999).filter(|p| p % 2 == parity) {
+                let peer = SocketAddr::from(([127, 0, 0, 1], port));
+                per_responder[responder_for(&peer)] += 1;
+            }
+            let (least, most) = (per_responder.iter().min(), per_responder.iter().max());
+            let (least, most) = (*least.unwrap(), *most.unwrap());
+            assert!(
+                least * 10 >= most * 9,
+                "ports of parity {parity} spread unevenly: {per_responder:?}"
+            );
+        }
+    }
+}
