@@ -13,6 +13,7 @@ pub mod limits;
 pub mod log;
 pub mod metrics;
 pub mod notify;
+pub mod nudger;
 pub mod probe;
 pub mod routes;
 pub mod slot;

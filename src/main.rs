@@ -14,6 +14,7 @@ use fibd::limits;
 use fibd::log;
 use fibd::metrics::Metrics;
 use fibd::notify::Notifier;
+use fibd::nudger;
 use fibd::probe;
 use fibd::state_file::StateFile;
 use fibd::state_owner::{self, Published};
@@ -221,6 +222,11 @@ fn serve(config: Config) -> ExitCode {
                 on_deaf,
             )
         });
+
+    let nudged = Arc::clone(&edge);
+    let _nudger = thread::Builder::new()
+        .name("nudger".into())
+        .spawn(move || nudger::run(watchdog::probe_address(local_addr), || nudged.is_stopping()));
 
     log::info(
         "start",

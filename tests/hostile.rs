@@ -562,3 +562,47 @@ fn too_many_unread_bodies_restart_the_server() {
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
     assert!(log.contains("reason=unread_bodies"), "{log}");
 }
+
+/// A burst of new connections, as when every client reconnects at once after a restart, is
+/// served promptly. tiny_http's thread pool can leave most of such a burst queued behind
+/// threads that serve other keep-alive connections; before the nudger (src/nudger.rs) they
+/// waited seconds, freed one per second by the watchdog's probe, up to 90 of 100 at a time.
+#[test]
+fn a_burst_of_new_keep_alive_connections_is_served_promptly() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    const BURSTS: usize = 5;
+    const CONNECTIONS: usize = 100;
+    /// Without the nudger a queued connection waits for the next watchdog probe, up to a
+    /// second, and the second one queued up to two; with it, a few nudges.
+    const SLOWEST_MAX: Duration = Duration::from_millis(1_200);
+    for burst in 0..BURSTS {
+        let dir = TempDir::new(&format!("burst-{burst}"));
+        let server = Server::start(&dir.join("fibd.state"), &[]);
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(CONNECTIONS));
+        let clients: Vec<_> = (0..CONNECTIONS)
+            .map(|_| {
+                let (barrier, addr) = (barrier.clone(), server.addr);
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let started = Instant::now();
+                    let mut stream = connect(addr);
+                    stream
+                        .write_all(b"GET /current HTTP/1.1\r\nHost: test\r\n\r\n")
+                        .unwrap();
+                    let reply = read_reply(&mut BufReader::new(&stream), false);
+                    // The stream is handed back and kept open until every client is done,
+                    // as keep-alive clients would: a closed one would free its thread.
+                    (reply.map(|r| r.status), started.elapsed(), stream)
+                })
+            })
+            .collect();
+        let outcomes: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        let unanswered = outcomes.iter().filter(|o| o.0 != Some(200)).count();
+        let slowest = outcomes.iter().map(|o| o.1).max().unwrap();
+        assert_eq!(unanswered, 0, "burst {burst}: connections left unanswered");
+        assert!(
+            slowest <= SLOWEST_MAX,
+            "burst {burst}: the slowest of {CONNECTIONS} new connections took {slowest:?}"
+        );
+    }
+}
