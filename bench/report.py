@@ -251,6 +251,14 @@ def fmt(v, spec=".2f", unit=""):
     return f"{v:{spec}}{unit}"
 
 
+def durable_write(run):
+    """Steps/s, steps per fsync and mean commit time of one peak durable-write run."""
+    commit_mean = run.get('commit_s', {}).get('mean')
+    return (f"{fmt(run.get('steps_per_s'), ',.0f')} steps/s, "
+            f"{fmt(run.get('steps_per_commit'), '.1f')} steps/fsync, "
+            f"commit mean {fmt(commit_mean and commit_mean * 1000)} ms")
+
+
 def verdict(ok):
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
@@ -376,8 +384,7 @@ def report(args):
         vs_read = ratio(b.get("steps_per_s"), fr)
         vs_b1 = ratio(b.get("steps_per_s"), b1 and b1.get("steps_per_s"))
         rows.append(("3 peak durable write",
-                     f"{fmt(b.get('steps_per_s'), ',.0f')} steps/s, {fmt(b.get('steps_per_commit'), '.1f')} steps/fsync, "
-                     f"commit mean {fmt(b.get('commit_s', {}).get('mean', None) and b['commit_s']['mean'] * 1000)} ms "
+                     f"{durable_write(b)} "
                      f"(409 {b.get('bound409')}, other {b.get('other')}, sock err {b.get('socket_errors')})",
                      "-", f"{fmt(vs_read)}x read", f">= {TARGET_WRITE_VS_READ}x peak read",
                      verdict(None if vs_read is None else vs_read >= TARGET_WRITE_VS_READ)))
@@ -385,8 +392,7 @@ def report(args):
                None if vs_read is None else vs_read >= TARGET_WRITE_VS_READ, "x")
         if b1:
             rows.append(("3b durable write, --batch-max 1",
-                         f"{fmt(b1.get('steps_per_s'), ',.0f')} steps/s, {fmt(b1.get('steps_per_commit'), '.1f')} steps/fsync, "
-                         f"commit mean {fmt(b1.get('commit_s', {}).get('mean', None) and b1['commit_s']['mean'] * 1000)} ms",
+                         durable_write(b1),
                          "-", f"{fmt(vs_b1, '.1f')}x gain", f"batched >= {TARGET_WRITE_VS_UNBATCHED}x this",
                          verdict(None if vs_b1 is None else vs_b1 >= TARGET_WRITE_VS_UNBATCHED)))
             target("group commit gain (batched / batch-max 1)", vs_b1, TARGET_WRITE_VS_UNBATCHED,
