@@ -18,12 +18,13 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
-use tiny_http::{Header, Request, Response, Server};
+use tiny_http::{Method, Request, Response, Server};
 
 use crate::connections::{Abandoned, Admit, Connections, Finish};
+use crate::http_response::{self, Framing};
 use crate::limits;
 use crate::log;
 use crate::metrics::{Metrics, RouteLabel};
@@ -76,7 +77,6 @@ pub struct Edge {
     /// Accept loops that failed but still serve the connections they had.
     retired_loops: AtomicUsize,
     idle_timeout: Duration,
-    headers: Headers,
     /// Which connections have a request in flight, and what they pipelined behind it.
     connections: Connections<Routed>,
     /// Connections kept open forever because tiny_http left a request body unread on them.
@@ -86,14 +86,6 @@ pub struct Edge {
     /// The queues to the workers and the state owner; `None` once shutdown has drained the
     /// accept loop, so that the workers' and the state owner's queues close and they end.
     queues: Mutex<Option<Queues>>,
-}
-
-/// Headers built once, cloned into each response.
-struct Headers {
-    text: Header,
-    json: Header,
-    prometheus: Header,
-    no_store: Header,
 }
 
 /// What the edge remembers about a request until its reply is written.
@@ -112,9 +104,6 @@ impl Edge {
         idle_timeout: Duration,
         on_fatal: Box<dyn Fn(String) + Send + Sync>,
     ) -> Arc<Edge> {
-        let header = |name: &str, value: &str| {
-            Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
-        };
         Arc::new(Edge {
             published,
             metrics,
@@ -129,12 +118,6 @@ impl Edge {
             queues: Mutex::new(None),
             kept_connections: AtomicUsize::new(0),
             on_fatal,
-            headers: Headers {
-                text: header("Content-Type", Format::Text.content_type()),
-                json: header("Content-Type", Format::Json.content_type()),
-                prometheus: header("Content-Type", Format::Prometheus.content_type()),
-                no_store: header("Cache-Control", "no-store"),
-            },
         })
     }
 
@@ -250,9 +233,7 @@ impl Edge {
             self.respond_and_keep(request, &reply);
             Err(Abandoned::BodyUnread)
         } else {
-            request
-                .respond(self.response(reply))
-                .map_err(|_| Abandoned::NotReading)
+            write_reply(request, &reply).map_err(|_| Abandoned::NotReading)
         };
         let elapsed = meta.arrived.elapsed();
         self.metrics.request(meta.route, status, meta.step, elapsed);
@@ -277,19 +258,15 @@ impl Edge {
     /// which HTTP/1.1 clients skip, and the final answer follows, framed by us and marked
     /// `Connection: close`. The connection is then kept, never used again.
     fn respond_and_keep(&self, request: Request, reply: &Reply) {
-        let head_only = request.method() == &tiny_http::Method::Head;
+        let framing = Framing {
+            version: (1, 1),
+            head_only: request.method() == &Method::Head,
+            persists: false,
+        };
+        let bytes = http_response::render(reply, framing, &date_now());
         let mut connection = request.upgrade("HTTP/1.1", Response::empty(100));
-        let head = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            reply.status,
-            tiny_http::StatusCode(reply.status).default_reason_phrase(),
-            reply.format.content_type(),
-            reply.body.len()
-        );
-        let body = if head_only { "" } else { reply.body.as_str() };
         let _ = connection
-            .write_all(head.as_bytes())
-            .and_then(|()| connection.write_all(body.as_bytes()))
+            .write_all(&bytes)
             .and_then(|()| connection.flush());
         self.keep_forever(connection);
     }
@@ -311,29 +288,6 @@ impl Edge {
         }
     }
 
-    /// The tiny_http response for `reply`.
-    fn response(&self, reply: Reply) -> Response<std::io::Cursor<Vec<u8>>> {
-        let content_type = match reply.format {
-            Format::Text => self.headers.text.clone(),
-            Format::Json => self.headers.json.clone(),
-            Format::Prometheus => self.headers.prometheus.clone(),
-        };
-        let mut response = Response::from_data(reply.body.into_bytes())
-            .with_status_code(reply.status)
-            .with_header(content_type);
-        if reply.no_store {
-            response.add_header(self.headers.no_store.clone());
-        }
-        if let Some(allow) = reply.allow {
-            response.add_header(Header::from_bytes("Allow", allow).expect("static header"));
-        }
-        if let Some(secs) = reply.retry_after {
-            let value = secs.to_string();
-            response.add_header(Header::from_bytes("Retry-After", value).expect("digits"));
-        }
-        response
-    }
-
     /// The access log's fields for `request`, when the access log is on.
     fn access_fields(&self, request: &Request) -> Option<(String, String, String)> {
         (self.access_log && request.url() != watchdog::PROBE_TARGET).then(|| {
@@ -352,6 +306,49 @@ impl Edge {
             (method, target, remote)
         })
     }
+}
+
+/// Writes `reply` as the answer to `request`, spelled by `http_response` and written through
+/// tiny_http's writer for the request, which keeps a connection's answers in order. As with
+/// tiny_http's own `respond`, a client that has closed its connection counts as answered; any
+/// other error (the send timeout) is returned.
+fn write_reply(request: Request, reply: &Reply) -> io::Result<()> {
+    let connection = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Connection"))
+        .map(|h| h.value.as_str());
+    let version = request.http_version();
+    let version = (version.0, version.1);
+    let framing = Framing {
+        version,
+        head_only: request.method() == &Method::Head,
+        persists: http_response::connection_persists(version, connection),
+    };
+    let bytes = http_response::render(reply, framing, &date_now());
+    let mut writer = request.into_writer();
+    match writer.write_all(&bytes).and_then(|()| writer.flush()) {
+        Err(error)
+            if matches!(
+                error.kind(),
+                io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok(())
+        }
+        written => written,
+    }
+}
+
+/// The `Date` header's value for the present second.
+fn date_now() -> [u8; http_response::HTTP_DATE_BYTES] {
+    // A clock set before 1970 dates responses 1970 rather than failing them.
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    http_response::http_date(secs)
 }
 
 /// tiny_http reads a request body of up to this many bytes when it parses the request.

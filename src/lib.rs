@@ -9,6 +9,7 @@ pub mod fib;
 #[doc(hidden)]
 pub mod fuzz_check;
 pub mod http_edge;
+pub mod http_response;
 pub mod limits;
 pub mod log;
 pub mod metrics;

@@ -200,6 +200,76 @@ fn head_answers_without_a_body() {
 }
 
 #[test]
+fn replies_carry_their_date_type_and_length() {
+    let dir = TempDir::new("headers");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let before = now();
+    let reply = request(server.addr, "GET", "/current", &[]);
+    let after = now();
+    let dates: Vec<String> = (before..=after)
+        .map(|secs| String::from_utf8(fibd::http_response::http_date(secs).to_vec()).unwrap())
+        .collect();
+    let date = reply.header("Date").expect("a Date header").to_string();
+    assert!(dates.contains(&date), "{date} is not one of {dates:?}");
+    assert_eq!(
+        reply.header("Content-Type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(reply.header("Content-Length"), Some("2"));
+    assert_eq!(reply.header("Cache-Control"), Some("no-store"));
+    let reply = request(
+        server.addr,
+        "GET",
+        "/fib/10",
+        &[("Accept", "application/json")],
+    );
+    assert_eq!(reply.header("Content-Type"), Some("application/json"));
+    assert_eq!(
+        reply.header("Cache-Control"),
+        None,
+        "a look-up never changes"
+    );
+}
+
+#[test]
+fn replies_say_when_the_connection_ends() {
+    let dir = TempDir::new("persistence");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    // Each case: the request's version and Connection header, what the reply says, and whether
+    // a second request on the same connection is answered.
+    let cases: &[(&str, Option<&str>, Option<&str>, bool)] = &[
+        ("HTTP/1.1", None, None, true),
+        ("HTTP/1.1", Some("close"), Some("close"), false),
+        ("HTTP/1.0", None, Some("close"), false),
+        ("HTTP/1.0", Some("keep-alive"), Some("keep-alive"), true),
+    ];
+    for &(version, asked, said, persists) in cases {
+        let mut stream = connect(server.addr);
+        let header = asked.map_or(String::new(), |value| format!("Connection: {value}\r\n"));
+        let raw = format!("GET /current {version}\r\nHost: t\r\n{header}\r\n");
+        stream.write_all(raw.as_bytes()).unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let reply = read_reply(&mut reader, false).expect("a reply");
+        assert_eq!(reply.status, 200, "{version} {asked:?}");
+        assert_eq!(reply.header("Connection"), said, "{version} {asked:?}");
+        // A server that closes answers nothing more; one that keeps the connection answers.
+        let _ = stream.write_all(raw.as_bytes());
+        let second = read_reply(&mut reader, false);
+        assert_eq!(
+            second.is_some(),
+            persists,
+            "{version} {asked:?}: {second:?}"
+        );
+    }
+}
+
+#[test]
 fn health_readiness_and_index() {
     let dir = TempDir::new("health");
     let server = Server::start(&dir.join("fibd.state"), &[]);
