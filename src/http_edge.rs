@@ -313,17 +313,18 @@ impl Edge {
 /// tiny_http's own `respond`, a client that has closed its connection counts as answered; any
 /// other error (the send timeout) is returned.
 fn write_reply(request: Request, reply: &Reply) -> io::Result<()> {
-    let connection = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Connection"))
-        .map(|h| h.value.as_str());
+    let first = |name: &'static str| request.headers().iter().find(|h| h.field.equiv(name));
+    let connection = first("Connection").map(|h| h.value.as_str());
+    // tiny_http leaves a chunked body on the socket and then parses it as the next request,
+    // which it answers 400 and closes; the client is told now that the connection ends.
+    let chunked_body_unread =
+        request.body_length().is_none() && first("Transfer-Encoding").is_some();
     let version = request.http_version();
     let version = (version.0, version.1);
     let framing = Framing {
         version,
         head_only: request.method() == &Method::Head,
-        persists: http_response::connection_persists(version, connection),
+        persists: http_response::connection_persists(version, connection) && !chunked_body_unread,
     };
     let bytes = http_response::render(reply, framing, &date_now());
     let mut writer = request.into_writer();
@@ -333,6 +334,7 @@ fn write_reply(request: Request, reply: &Reply) -> io::Result<()> {
                 error.kind(),
                 io::ErrorKind::BrokenPipe
                     | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::ConnectionRefused
                     | io::ErrorKind::ConnectionReset
             ) =>
         {

@@ -248,6 +248,9 @@ fn replies_say_when_the_connection_ends() {
         ("HTTP/1.1", Some("close"), Some("close"), false),
         ("HTTP/1.0", None, Some("close"), false),
         ("HTTP/1.0", Some("keep-alive"), Some("keep-alive"), true),
+        ("HTTP/1.0", Some("close"), Some("close"), false),
+        ("HTTP/1.1", Some("keep-alive, close"), Some("close"), false),
+        ("HTTP/1.1", Some("Upgrade"), Some("close"), false),
     ];
     for &(version, asked, said, persists) in cases {
         let mut stream = connect(server.addr);

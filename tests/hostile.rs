@@ -120,6 +120,12 @@ fn malformed_and_odd_requests_get_a_4xx_or_a_closed_connection() {
             "{what}: got {status:?}, expected {expected:?}"
         );
     }
+    // tiny_http leaves a chunked body unread, to parse it as the next request; fibd's answer
+    // says that the connection ends.
+    let chunked = "POST /next HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+    let answer =
+        final_answer(addr, chunked, Duration::from_secs(5)).map(|(s, closes, _)| (s, closes));
+    assert_eq!(answer, Some((400, true)), "chunked body");
     // Bytes that are not ASCII in the request line cannot be framed: the connection closes.
     let status = raw(
         addr,
@@ -482,6 +488,11 @@ fn unread_bytes(server_port: u16, client_port: u16) -> usize {
 /// Sends `head` on a fresh connection and returns the final status, skipping interim 1xx
 /// answers, or `None` if none came within `limit`.
 fn final_status(addr: SocketAddr, head: &str, limit: Duration) -> Option<(u16, TcpStream)> {
+    final_answer(addr, head, limit).map(|(status, _, stream)| (status, stream))
+}
+
+/// Like `final_status`, with whether the final answer says `Connection: close`.
+fn final_answer(addr: SocketAddr, head: &str, limit: Duration) -> Option<(u16, bool, TcpStream)> {
     let mut stream = TcpStream::connect_timeout(&addr, limit).ok()?;
     stream.set_read_timeout(Some(limit)).ok()?;
     stream.write_all(head.as_bytes()).ok()?;
@@ -490,16 +501,18 @@ fn final_status(addr: SocketAddr, head: &str, limit: Duration) -> Option<(u16, T
         let mut line = String::new();
         std::io::BufRead::read_line(&mut reader, &mut line).ok()?;
         let status: u16 = line.split(' ').nth(1)?.parse().ok()?;
-        // Skip the head; a 1xx has no body, and the final answer's body is not needed here.
+        // Read the head; a 1xx has no body, and the final answer's body is not needed here.
+        let mut closes = false;
         loop {
             let mut header = String::new();
             std::io::BufRead::read_line(&mut reader, &mut header).ok()?;
             if header.trim_end().is_empty() {
                 break;
             }
+            closes |= header.trim_end().eq_ignore_ascii_case("connection: close");
         }
         if status >= 200 {
-            return Some((status, stream));
+            return Some((status, closes, stream));
         }
     }
 }
@@ -513,19 +526,22 @@ fn announced_bodies_get_a_4xx_without_being_read() {
     let limit = Duration::from_secs(5);
     // A Content-Length of petabytes: tiny_http would allocate it whole to read it through.
     let huge = "GET /current HTTP/1.1\r\nHost: t\r\nContent-Length: 100000000000000000\r\n\r\n";
-    assert_eq!(final_status(addr, huge, limit).map(|r| r.0), Some(400));
+    // Each answer says the connection ends, as it does.
+    let answer = final_answer(addr, huge, limit).map(|(status, closes, _)| (status, closes));
+    assert_eq!(answer, Some((400, true)));
     // Bodies trickled a byte at a time, more of them than there are workers: each is
     // answered at once, and nobody else waits for them.
     let trickled = "POST /next HTTP/1.1\r\nHost: t\r\nContent-Length: 5000\r\n\r\n";
     let mut tricklers = Vec::new();
     for _ in 0..8 {
-        let (status, stream) = final_status(addr, trickled, limit).expect("an answer");
-        assert_eq!(status, 400);
+        let (status, closes, stream) = final_answer(addr, trickled, limit).expect("an answer");
+        assert_eq!((status, closes), (400, true));
         tricklers.push(stream);
     }
     let continued =
         "POST /next HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n";
-    assert_eq!(final_status(addr, continued, limit).map(|r| r.0), Some(400));
+    let answer = final_answer(addr, continued, limit).map(|(status, closes, _)| (status, closes));
+    assert_eq!(answer, Some((400, true)));
     for _ in 0..5 {
         for stream in &mut tricklers {
             let _ = stream.write_all(b"x");
