@@ -94,6 +94,8 @@ struct Meta {
     route: RouteLabel,
     arrived: Instant,
     step: bool,
+    /// Whether tiny_http keeps reading the connection after this request; the reply says so.
+    persists: bool,
 }
 
 impl Edge {
@@ -233,7 +235,7 @@ impl Edge {
             self.respond_and_keep(request, &reply);
             Err(Abandoned::BodyUnread)
         } else {
-            write_reply(request, &reply).map_err(|_| Abandoned::NotReading)
+            write_reply(request, &reply, meta.persists).map_err(|_| Abandoned::NotReading)
         };
         let elapsed = meta.arrived.elapsed();
         self.metrics.request(meta.route, status, meta.step, elapsed);
@@ -312,19 +314,12 @@ impl Edge {
 /// tiny_http's writer for the request, which keeps a connection's answers in order. As with
 /// tiny_http's own `respond`, a client that has closed its connection counts as answered; any
 /// other error (the send timeout) is returned.
-fn write_reply(request: Request, reply: &Reply) -> io::Result<()> {
-    let first = |name: &'static str| request.headers().iter().find(|h| h.field.equiv(name));
-    let connection = first("Connection").map(|h| h.value.as_str());
-    // tiny_http leaves a chunked body on the socket and then parses it as the next request,
-    // which it answers 400 and closes; the client is told now that the connection ends.
-    let chunked_body_unread =
-        request.body_length().is_none() && first("Transfer-Encoding").is_some();
+fn write_reply(request: Request, reply: &Reply, persists: bool) -> io::Result<()> {
     let version = request.http_version();
-    let version = (version.0, version.1);
     let framing = Framing {
-        version,
+        version: (version.0, version.1),
         head_only: request.method() == &Method::Head,
-        persists: http_response::connection_persists(version, connection) && !chunked_body_unread,
+        persists,
     };
     let bytes = http_response::render(reply, framing, &date_now());
     let mut writer = request.into_writer();
@@ -662,6 +657,7 @@ fn dispatch(edge: &Edge, request: Request) {
     let peer = request.remote_addr().copied();
     // One pass over the headers for everything routing needs.
     let (mut accept, mut chunked, mut has_host, mut header_bytes) = (None, false, false, 0);
+    let mut connection = None;
     for header in request.headers() {
         header_bytes += header.field.as_str().as_str().len() + header.value.as_str().len();
         if header.field.equiv("Accept") {
@@ -670,15 +666,23 @@ fn dispatch(edge: &Edge, request: Request) {
             chunked = true;
         } else if header.field.equiv("Host") {
             has_host = true;
+        } else if header.field.equiv("Connection") && connection.is_none() {
+            connection = Some(header.value.as_str()); // the first one, as tiny_http reads it
         }
     }
+    let version = request.http_version();
+    // tiny_http leaves a chunked body on the socket and then parses it as the next request,
+    // which it answers 400 and closes; the reply tells the client that the connection ends.
+    let chunked_body_unread = chunked && request.body_length().is_none();
+    let persists = http_response::connection_persists((version.0, version.1), connection)
+        && !chunked_body_unread;
     let format = Format::from_accept(accept);
     let has_body = chunked || request.body_length().is_some_and(|len| len > 0);
     let head = routes::Head {
         target_bytes: request.url().len(),
         header_bytes,
         header_fields: request.headers().len(),
-        missing_host: *request.http_version() == (1, 1) && !has_host,
+        missing_host: *version == (1, 1) && !has_host,
     };
     let route = routes::check_head(&head, format)
         .and_then(|()| routes::route(request.method().as_str(), request.url(), has_body, format));
@@ -686,6 +690,7 @@ fn dispatch(edge: &Edge, request: Request) {
         route: RouteLabel::of_target(request.url()),
         arrived,
         step: false,
+        persists,
     };
     let routed = match route {
         Ok(Route::Step(step)) => {
