@@ -259,8 +259,41 @@ def durable_write(run):
             f"commit mean {fmt(commit_mean and commit_mean * 1000)} ms")
 
 
-def verdict(ok):
-    return "n/a" if ok is None else ("PASS" if ok else "MISS")
+# Foreign load or steal on the server core, in % of it, at or above which a phase's figures
+# are not compared with a target: nginx's seed p99 rose fivefold at 5% steal in one run.
+NOISE_PCT = 5
+
+
+def noisy(cpu, *tags):
+    """True when any of the phases `tags` had foreign load or steal of NOISE_PCT or more."""
+    return any((cpu.get(t, {}).get(k) or 0) >= NOISE_PCT for t in tags for k in ("foreign", "steal"))
+
+
+def verdict(ok, noise=False):
+    if ok is None:
+        return "n/a"
+    return "NOISY" if noise else ("PASS" if ok else "MISS")
+
+
+def cpu_per_phase(kv):
+    """CPU per phase (bench.sh phase_begin/phase_end), in % of a core."""
+    cpu = {}
+    kinds = ("server_core", "server_proc", "softirq", "foreign", "steal", "load_core")
+    rounds_of = lambda tag: sorted({k.split("_cpu_")[0] for k in kv
+                                    if re.match(rf"^{re.escape(tag)}-\d+_cpu_", k)})
+    for tag in ("seed-fibd", "seed-nginx", "peak-read-fibd", "peak-read-nginx", "write-fibd",
+                "write-fibd-b1"):
+        tags = rounds_of(tag) or [tag]  # peak read: the mean over its rounds
+        per = [{k: num(kv, f"{t}_cpu_{k}_pct", int) for k in kinds} for t in tags]
+        per = [p for p in per if p["server_core"] is not None]
+        if per:
+            cpu[tag] = {k: round(sum(p[k] or 0 for p in per) / len(per)) for k in kinds}
+            for k in ("tcp_listen_overflows", "tcp_syn_retrans"):
+                cpu[tag][k] = sum(num(kv, f"{t}_{k}", int) or 0 for t in tags)
+            # Tick accounting splits softirq and process time only roughly; the remainder
+            # ("foreign": anything else on the server core) can come out slightly negative.
+            cpu[tag]["foreign"] = max(0, cpu[tag]["foreign"])
+    return cpu
 
 
 def ratio(a, b):
@@ -279,10 +312,12 @@ def report(args):
               "server_cpu", "load_cpu"):
         res["config"][k] = num(kv, k, int)
     targets = res["targets"]
+    cpu = cpu_per_phase(kv)
 
-    def target(name, value, goal, ok, unit=""):
+    def target(name, value, goal, ok, unit="", noise=False):
+        # A noisy phase's figure is kept and marked, not judged (see NOISE_PCT).
         targets.append({"name": name, "value": value, "target": goal, "unit": unit,
-                        "pass": ok})
+                        "pass": None if noise else ok, "noisy": noise})
 
     # Seed
     seed = {}
@@ -300,6 +335,7 @@ def report(args):
         if not f:
             continue
         rr = ratio(f["p99_ms"], n and n["p99_ms"])
+        seed_noise = noisy(cpu, "seed-fibd", "seed-nginx")
         rows.append((
             f"1 seed /{r} {kv.get('rate_per_route')}/s",
             f"p50 {fmt(f['p50_ms'])} p99 {fmt(f['p99_ms'])} p99.9 {fmt(f['p99.9_ms'])} "
@@ -309,9 +345,10 @@ def report(args):
             f"p99 {fmt(rr, '.3f')}x",  # 3 places: 1.201 must not print as a passing 1.20
             f"p99 <= {TARGET_P99_RATIO}x, mean < {TARGET_MEAN_MS} ms, 0 err",
             verdict(None if rr is None else (rr <= TARGET_P99_RATIO and f["mean_ms"] < TARGET_MEAN_MS
-                                             and f["errors"] == 0)),
+                                             and f["errors"] == 0), seed_noise),
         ))
-        target(f"seed /{r}: p99 vs nginx", rr, TARGET_P99_RATIO, None if rr is None else rr <= TARGET_P99_RATIO, "x")
+        target(f"seed /{r}: p99 vs nginx", rr, TARGET_P99_RATIO, None if rr is None else rr <= TARGET_P99_RATIO, "x",
+               seed_noise)
         target(f"seed /{r}: mean latency", f["mean_ms"], TARGET_MEAN_MS, f["mean_ms"] < TARGET_MEAN_MS, "ms")
         target(f"seed /{r}: errors (not 409)", f["errors"], 0, f["errors"] == 0)
     if f_all:
@@ -361,14 +398,17 @@ def report(args):
     res["scenarios"]["peak_read"] = pr
     fr, nr = pr.get("fibd", {}).get("rps"), pr.get("nginx", {}).get("rps")
     rr = ratio(fr, nr)
+    read_noise = noisy(cpu, "peak-read-fibd", "peak-read-nginx")
     if fr is not None:
         errs = pr["fibd"]["non_2xx"] + pr["fibd"]["socket_errors"]
         spread = lambda srv: "/".join(f"{x / 1000:.0f}k" for x in pr[srv]["rounds_rps"])
         rows.append(("2 peak read /current", f"{fmt(fr, ',.0f')} req/s median of rounds {spread('fibd')} "
                      f"(p99 {fmt(pr['fibd'].get('p99_ms'))} ms, err {errs})",
                      f"{fmt(nr, ',.0f')} req/s ({spread('nginx')})" if nr else "n/a", f"{fmt(rr)}x",
-                     f">= {TARGET_READ_RATIO}x nginx", verdict(None if rr is None else rr >= TARGET_READ_RATIO)))
-        target("peak read vs nginx", rr, TARGET_READ_RATIO, None if rr is None else rr >= TARGET_READ_RATIO, "x")
+                     f">= {TARGET_READ_RATIO}x nginx",
+                     verdict(None if rr is None else rr >= TARGET_READ_RATIO, read_noise)))
+        target("peak read vs nginx", rr, TARGET_READ_RATIO, None if rr is None else rr >= TARGET_READ_RATIO, "x",
+               read_noise)
 
     # Peak durable write
     pw = {}
@@ -381,22 +421,24 @@ def report(args):
     res["scenarios"]["peak_write"] = pw
     b, b1 = pw.get("batched"), pw.get("batch_max_1")
     if b:
+        write_noise = noisy(cpu, "write-fibd", "peak-read-fibd")
+        gain_noise = noisy(cpu, "write-fibd", "write-fibd-b1")
         vs_read = ratio(b.get("steps_per_s"), fr)
         vs_b1 = ratio(b.get("steps_per_s"), b1 and b1.get("steps_per_s"))
         rows.append(("3 peak durable write",
                      f"{durable_write(b)} "
                      f"(409 {b.get('bound409')}, other {b.get('other')}, sock err {b.get('socket_errors')})",
                      "-", f"{fmt(vs_read)}x read", f">= {TARGET_WRITE_VS_READ}x peak read",
-                     verdict(None if vs_read is None else vs_read >= TARGET_WRITE_VS_READ)))
+                     verdict(None if vs_read is None else vs_read >= TARGET_WRITE_VS_READ, write_noise)))
         target("peak durable write vs fibd peak read", vs_read, TARGET_WRITE_VS_READ,
-               None if vs_read is None else vs_read >= TARGET_WRITE_VS_READ, "x")
+               None if vs_read is None else vs_read >= TARGET_WRITE_VS_READ, "x", write_noise)
         if b1:
             rows.append(("3b durable write, --batch-max 1",
                          durable_write(b1),
                          "-", f"{fmt(vs_b1, '.1f')}x gain", f"batched >= {TARGET_WRITE_VS_UNBATCHED}x this",
-                         verdict(None if vs_b1 is None else vs_b1 >= TARGET_WRITE_VS_UNBATCHED)))
+                         verdict(None if vs_b1 is None else vs_b1 >= TARGET_WRITE_VS_UNBATCHED, gain_noise)))
             target("group commit gain (batched / batch-max 1)", vs_b1, TARGET_WRITE_VS_UNBATCHED,
-                   None if vs_b1 is None else vs_b1 >= TARGET_WRITE_VS_UNBATCHED, "x")
+                   None if vs_b1 is None else vs_b1 >= TARGET_WRITE_VS_UNBATCHED, "x", gain_noise)
 
     # Memory
     idle = parse_line(os.path.join(raw, "idle.txt"), "IDLE")
@@ -452,23 +494,6 @@ def report(args):
                      "-", "-", "< 2 MB, static", verdict(size < TARGET_BINARY_BYTES and static)))
         target("static binary size", size, TARGET_BINARY_BYTES, size < TARGET_BINARY_BYTES and static, "bytes")
 
-    # CPU per phase (bench.sh phase_begin/phase_end).
-    cpu = {}
-    kinds = ("server_core", "server_proc", "softirq", "foreign", "steal", "load_core")
-    rounds_of = lambda tag: sorted({k.split("_cpu_")[0] for k in kv
-                                    if re.match(rf"^{re.escape(tag)}-\d+_cpu_", k)})
-    for tag in ("seed-fibd", "seed-nginx", "peak-read-fibd", "peak-read-nginx", "write-fibd",
-                "write-fibd-b1"):
-        tags = rounds_of(tag) or [tag]  # peak read: the mean over its rounds
-        per = [{k: num(kv, f"{t}_cpu_{k}_pct", int) for k in kinds} for t in tags]
-        per = [p for p in per if p["server_core"] is not None]
-        if per:
-            cpu[tag] = {k: round(sum(p[k] or 0 for p in per) / len(per)) for k in kinds}
-            for k in ("tcp_listen_overflows", "tcp_syn_retrans"):
-                cpu[tag][k] = sum(num(kv, f"{t}_{k}", int) or 0 for t in tags)
-            # Tick accounting splits softirq and process time only roughly; the remainder
-            # ("foreign": anything else on the server core) can come out slightly negative.
-            cpu[tag]["foreign"] = max(0, cpu[tag]["foreign"])
     res["cpu_pct"] = cpu
 
     res["table"] = [dict(zip(("scenario", "fibd", "nginx", "ratio", "target", "verdict"), r)) for r in rows]
@@ -508,10 +533,11 @@ def print_cpu(cpu):
     print("-+-".join("-" * w for w in widths))
     for r in rows:
         print(line(r))
-    noisy = [t for t, v in cpu.items() if (v.get("foreign") or 0) > 5 or (v.get("steal") or 0) > 5]
-    if noisy:
-        print(f"warning: other load or steal above 5% of the server core during: {', '.join(noisy)}; "
-              "those figures understate what the box can do")
+    loud = [t for t in cpu if noisy(cpu, t)]
+    if loud:
+        print(f"warning: other load or steal of {NOISE_PCT}% or more of the server core during: "
+              f"{', '.join(loud)}; those figures understate what the box can do, and their "
+              "comparisons with a target read NOISY")
     saturated = [t for t, v in cpu.items() if t.startswith("peak") and (v.get("load_core") or 0) >= 95]
     if saturated:
         print(f"note: load core at >= 95% during {', '.join(saturated)}; the load generator may be "
