@@ -54,8 +54,8 @@ pub fn run(addr: SocketAddr, stopping: impl Fn() -> bool) {
 
 /// The process's thread count: the link count of /proc/self/task, which Linux reports as two
 /// plus the number of threads. One `stat` costs a few microseconds, where reading
-/// /proc/self/status costs over a hundred. 0 where /proc is missing, which leaves the nudger at
-/// one nudge per `NUDGE_INTERVAL_MS`.
+/// /proc/self/status cost about a hundred here. 0 where /proc is missing, which leaves the
+/// nudger at one nudge per `NUDGE_INTERVAL_MS`.
 fn thread_count() -> usize {
     let links = std::fs::metadata("/proc/self/task").map_or(0, |task| task.nlink());
     usize::try_from(links.saturating_sub(2)).unwrap_or(usize::MAX)
