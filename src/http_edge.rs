@@ -96,6 +96,8 @@ struct Meta {
     step: bool,
     /// Whether tiny_http keeps reading the connection after this request; the reply says so.
     persists: bool,
+    /// Whether tiny_http left the request's body on the socket (`body_left_unread`).
+    body_unread: bool,
 }
 
 impl Edge {
@@ -199,8 +201,8 @@ impl Edge {
     ) {
         let count = dropped.len() as u64;
         for routed in dropped {
-            let request = routed.into_parts().0;
-            if body_left_unread(&request) {
+            let (request, _, meta) = routed.into_parts();
+            if meta.body_unread {
                 self.keep_forever(request);
             } else {
                 drop(request.into_writer());
@@ -231,7 +233,7 @@ impl Edge {
     fn respond(&self, request: Request, reply: Reply, meta: Meta) -> Result<(), Abandoned> {
         let status = reply.status;
         let access = self.access_fields(&request);
-        let answered = if body_left_unread(&request) {
+        let answered = if meta.body_unread {
             self.respond_and_keep(request, &reply);
             Err(Abandoned::BodyUnread)
         } else {
@@ -357,18 +359,15 @@ const TINY_HTTP_BODY_READ_BYTES: usize = 1024;
 /// the client announced (a Content-Length of petabytes aborts the process) and with no limit
 /// on time (a client trickling its body holds the dropping thread). No route takes a body, so
 /// fibd never wants it: such a request is answered and then kept, never dropped.
-fn body_left_unread(request: &Request) -> bool {
-    let Some(length) = request.body_length() else {
-        return false; // no body, or a chunked one, which tiny_http does not drain
-    };
-    // The first of each header, as tiny_http reads them. Any `Expect` that reaches us is
-    // `100-continue` (tiny_http answers others 417 itself); an upgrade request gets the raw
-    // socket as its body, which is never drained.
-    let first = |name: &'static str| request.headers().iter().find(|h| h.field.equiv(name));
-    let expects_continue = first("Expect").is_some();
-    let upgrade = first("Connection")
-        .is_some_and(|h| h.value.as_str().to_ascii_lowercase().contains("upgrade"));
-    length > 0 && !upgrade && (length > TINY_HTTP_BODY_READ_BYTES || expects_continue)
+///
+/// `body_length` is tiny_http's (`None` for no body, or a chunked one, which tiny_http does not
+/// drain). Any `Expect` that reaches us is `100-continue` (tiny_http answers others 417
+/// itself). An upgrade request (its first `Connection` header names `upgrade`) gets the raw
+/// socket as its body, which is never drained.
+fn body_left_unread(body_length: Option<usize>, expects: bool, upgrade: bool) -> bool {
+    body_length.is_some_and(|length| {
+        length > 0 && !upgrade && (length > TINY_HTTP_BODY_READ_BYTES || expects)
+    })
 }
 
 /// A request for a worker: answer a route, or send an error already decided by the acceptor.
@@ -657,7 +656,7 @@ fn dispatch(edge: &Edge, request: Request) {
     let peer = request.remote_addr().copied();
     // One pass over the headers for everything routing needs.
     let (mut accept, mut chunked, mut has_host, mut header_bytes) = (None, false, false, 0);
-    let mut connection = None;
+    let (mut connection, mut expects) = (None, false);
     for header in request.headers() {
         header_bytes += header.field.as_str().as_str().len() + header.value.as_str().len();
         if header.field.equiv("Accept") {
@@ -668,16 +667,21 @@ fn dispatch(edge: &Edge, request: Request) {
             has_host = true;
         } else if header.field.equiv("Connection") && connection.is_none() {
             connection = Some(header.value.as_str()); // the first one, as tiny_http reads it
+        } else if header.field.equiv("Expect") {
+            expects = true;
         }
     }
     let version = request.http_version();
+    let body_length = request.body_length();
     // tiny_http leaves a chunked body on the socket and then parses it as the next request,
     // which it answers 400 and closes; the reply tells the client that the connection ends.
-    let chunked_body_unread = chunked && request.body_length().is_none();
+    let chunked_body_unread = chunked && body_length.is_none();
     let persists = http_response::connection_persists((version.0, version.1), connection)
         && !chunked_body_unread;
+    let upgrade = connection.is_some_and(|value| value.to_ascii_lowercase().contains("upgrade"));
+    let body_unread = body_left_unread(body_length, expects, upgrade);
     let format = Format::from_accept(accept);
-    let has_body = chunked || request.body_length().is_some_and(|len| len > 0);
+    let has_body = chunked || body_length.is_some_and(|len| len > 0);
     let head = routes::Head {
         target_bytes: request.url().len(),
         header_bytes,
@@ -691,6 +695,7 @@ fn dispatch(edge: &Edge, request: Request) {
         arrived,
         step: false,
         persists,
+        body_unread,
     };
     let routed = match route {
         Ok(Route::Step(step)) => {

@@ -3,8 +3,8 @@
 //!
 //! fibd spells its responses itself and hands tiny_http only the bytes to write. tiny_http's
 //! `Response` allocates each header, looks for a `TE` header in the request, and formats the
-//! date and the status line for every response; callgrind counted that as about a fifth of
-//! the user-space instructions of a `/current` request (docs/BENCHMARKS.md).
+//! date and the status line for every response; callgrind counted that as about a quarter of
+//! the user-space instructions of a `/current` request in the musl build (docs/BENCHMARKS.md).
 
 use crate::routes::Reply;
 
