@@ -340,17 +340,17 @@ fn a_client_that_pipelines_deep_and_never_reads_cannot_stall_everyone_else() {
 
 #[test]
 fn a_client_that_never_reads_its_replies_cannot_stall_everyone_else() {
-    // Sends a few requests at a time and stops once its receive buffer stops filling, so that
-    // few requests ever wait: the replies fill the socket buffers until a write times out, and
-    // it is abandoned for not reading.
-    non_reading_client_is_abandoned(1, true, "not_reading");
+    // Keeps few requests waiting, so that it is never abandoned for pipelining, until the
+    // replies fill the socket buffers and a write times out: it is abandoned for not reading.
+    non_reading_client_is_abandoned(FILL_WINDOW, true, "not_reading");
 }
 
-/// One connection sends `burst` requests (large replies and steps) at a time for 3 s, or with
-/// `stop_when_full` until the replies stop arriving, and reads nothing, while ordinary clients read and step. Each ordinary request must be
-/// answered, well inside the time that would mean the server had stalled behind the hostile
-/// client, and the hostile connection must be abandoned for `reason`.
-fn non_reading_client_is_abandoned(burst: usize, stop_when_full: bool, reason: &str) {
+/// One connection sends `burst` requests (large replies and steps) at a time and reads
+/// nothing, while ordinary clients read and step. Without `fill_until_blocked` it sends them
+/// as fast as the server takes them for 3 s; with it, as `fill_until_blocked_writes` says. Each ordinary
+/// request must be answered, well inside the time that would mean the server had stalled behind
+/// the hostile client, and the hostile connection must be abandoned for `reason`.
+fn non_reading_client_is_abandoned(burst: usize, fill_until_blocked: bool, reason: &str) {
     let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new("nonreader");
     let server = Server::start(&dir.join("fibd.state"), &[]);
@@ -363,53 +363,31 @@ fn non_reading_client_is_abandoned(burst: usize, stop_when_full: bool, reason: &
             .set_write_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let mut requests = String::new();
+        let mut fib_requests = 0;
         for i in 0..burst {
-            requests.push_str(match i % 10 {
+            // Two steps in 32 requests: each waits for its own fdatasync, which would otherwise
+            // set the pace of filling the buffers.
+            requests.push_str(match i % 32 {
                 1 => "POST /next HTTP/1.1\r\nHost: t\r\n\r\n",
                 3 => "POST /previous HTTP/1.1\r\nHost: t\r\n\r\n",
-                _ => "GET /fib?n=187 HTTP/1.1\r\nHost: t\r\n\r\n",
+                _ => {
+                    fib_requests += 1;
+                    "GET /fib?n=187 HTTP/1.1\r\nHost: t\r\n\r\n"
+                }
             });
         }
-        let started = Instant::now();
-        let client_port = stream.local_addr().unwrap().port();
-        // Reply bytes written by the server and not yet read (its send queue plus our receive
-        // queue) show when its writes to us start to block. Until then, ask once a
-        // millisecond; after, ask only 8 times every 500 ms, so that while one write waits out
-        // the send timeout (a few seconds when the kernel still makes room bit by bit), far
-        // fewer requests wait behind it than the pipelining bound.
-        let (mut queued, mut flat_checks, mut sent) = (0, 0, 0u64);
-        while (stop_when_full || started.elapsed() < Duration::from_secs(3))
-            && !stop_hostile.load(std::sync::atomic::Ordering::Relaxed)
-            && stream.write_all(requests.as_bytes()).is_ok()
-        {
-            sent += 1;
-            if !stop_when_full {
-                continue;
-            }
-            let slow = flat_checks >= 4;
-            if slow && sent % 8 == 0 {
-                std::thread::sleep(Duration::from_millis(500));
-            } else if !slow {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            if sent % 8 == 0 {
-                // Flat means less than half of the last 8 replies arrived. A pause of the
-                // server's is not a block: once all 8 arrive again, back to asking fast.
-                let now_queued = unread_bytes(addr.port(), client_port);
-                let grown = now_queued.saturating_sub(queued);
-                flat_checks = if grown > 4 * REPLY_BYTES {
-                    0
-                } else {
-                    flat_checks + 1
-                };
-                if slow && grown >= 8 * REPLY_BYTES {
-                    flat_checks = 0;
-                }
-                queued = queued.max(now_queued);
-            }
+        let stopped = || stop_hostile.load(std::sync::atomic::Ordering::Relaxed);
+        if fill_until_blocked {
+            fill_until_blocked_writes(&mut stream, addr, &requests, fib_requests, &stopped);
+        } else {
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(3)
+                && !stopped()
+                && stream.write_all(requests.as_bytes()).is_ok()
+            {}
         }
         // Hold the connection open, unread, until the test ends.
-        while !stop_hostile.load(std::sync::atomic::Ordering::Relaxed) {
+        while !stopped() {
             std::thread::sleep(Duration::from_millis(50));
         }
     });
@@ -453,35 +431,47 @@ fn non_reading_client_is_abandoned(burst: usize, stop_when_full: bool, reason: &
     println!("non-reading client ({reason}): {asked} ordinary requests, slowest {worst:?}");
 }
 
-/// The size of a `/fib?n=187` reply with its head, roughly.
-const REPLY_BYTES: usize = 3_900;
+/// Requests the filling client sends at a time: half the pipelining bound (128), so that the
+/// ones waiting behind a blocked write can never reach it.
+const FILL_WINDOW: usize = 64;
 
-/// Bytes in flight on a loopback TCP connection, from /proc/net/tcp: the server end's send
-/// queue plus the client end's receive queue.
-fn unread_bytes(server_port: u16, client_port: u16) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let port = |address: &str| {
-        address
-            .rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok())
-    };
-    table
-        .lines()
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let (local, remote) = (port(fields.get(1)?)?, port(fields.get(2)?)?);
-            let (tx_queue, rx_queue) = fields.get(4)?.split_once(':')?;
-            let queue = |hex: &str| usize::from_str_radix(hex, 16).ok();
-            if (local, remote) == (server_port, client_port) {
-                queue(tx_queue)
-            } else if (local, remote) == (client_port, server_port) {
-                queue(rx_queue)
-            } else {
-                None
+/// Sends `requests` (with `fib_requests` look-ups among them) one window at a time, each once
+/// the server has finished writing the replies to the windows before, until the test ends.
+/// The replies (about 4 KB each) pile up unread in the socket buffers, which the kernel grows
+/// to megabytes while they have room, so this goes at the server's pace until a write blocks
+/// for good; the requests waiting behind that write stay within one window. Waiting for the
+/// replies, rather than for the buffers to look full, matters: a full send buffer can still
+/// grow, and a client that stopped early would leave the server nothing to block on.
+fn fill_until_blocked_writes(
+    stream: &mut TcpStream,
+    addr: SocketAddr,
+    requests: &str,
+    fib_requests: u64,
+    stopped: &dyn Fn() -> bool,
+) {
+    let mut sent = 0;
+    while !stopped() {
+        if stream.write_all(requests.as_bytes()).is_err() {
+            return;
+        }
+        sent += fib_requests;
+        while fib_replies_finished(addr) < sent {
+            if stopped() {
+                return;
             }
-        })
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// `/fib` replies the server has finished writing or given up on, from its metrics (it counts a
+/// request once its reply's write has returned). Only the hostile client asks for `/fib`.
+fn fib_replies_finished(addr: SocketAddr) -> u64 {
+    let metrics = common::request(addr, "GET", "/metrics", &[]).body;
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("fibd_requests_total{route=\"/fib\","))
+        .filter_map(|rest| rest.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
 
