@@ -346,10 +346,10 @@ fn a_client_that_never_reads_its_replies_cannot_stall_everyone_else() {
 }
 
 /// One connection sends `burst` requests (large replies and steps) at a time and reads
-/// nothing, while ordinary clients read and step. Without `fill_until_blocked` it sends them
-/// as fast as the server takes them for 3 s; with it, as `fill_until_blocked_writes` says. Each ordinary
-/// request must be answered, well inside the time that would mean the server had stalled behind
-/// the hostile client, and the hostile connection must be abandoned for `reason`.
+/// nothing, while ordinary clients read and step. Without `fill_until_blocked` it sends them as
+/// fast as the server takes them for 3 s; with it, as `fill_until_blocked_writes` says. Each
+/// ordinary request must be answered, well inside the time that would mean the server had
+/// stalled behind the hostile client, and the hostile connection must be abandoned for `reason`.
 fn non_reading_client_is_abandoned(burst: usize, fill_until_blocked: bool, reason: &str) {
     let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new("nonreader");
