@@ -32,7 +32,8 @@ use crate::routes::{self, Format, Reply, Route};
 use crate::state_owner::{Outcome, Published, StepRequest};
 use crate::watchdog;
 
-/// Binds the listening socket and sets the timeouts every accepted connection inherits.
+/// Binds the listening socket, deepens its queue to `LISTEN_BACKLOG`, and sets the timeouts
+/// every accepted connection inherits.
 ///
 /// SO_SNDTIMEO is safe on a listening socket. SO_RCVTIMEO is what bounds idle and stalled
 /// connections, but on a listening socket it also makes `accept` fail when no connection
@@ -40,6 +41,7 @@ use crate::watchdog;
 /// that from happening, and the acceptor restarts the loop if it happens anyway.
 pub fn bind(addr: SocketAddr, idle_timeout: Duration) -> io::Result<TcpListener> {
     let listener = TcpListener::bind(addr)?;
+    deepen_listen_queue(&listener, limits::LISTEN_BACKLOG)?;
     // std offers these options only on streams. A listening socket accepts them too, and the
     // conversion moves ownership of the descriptor, so no unsafe code is needed.
     let socket = TcpStream::from(OwnedFd::from(listener));
@@ -47,6 +49,27 @@ pub fn bind(addr: SocketAddr, idle_timeout: Duration) -> io::Result<TcpListener>
     socket.set_write_timeout(Some(Duration::from_millis(limits::SEND_TIMEOUT_MS)))?;
     socket.set_nodelay(true)?;
     Ok(TcpListener::from(OwnedFd::from(socket)))
+}
+
+/// Raises the listening socket's backlog from the 128 that std's `bind` asks for. Linux applies
+/// a second `listen` on a listening socket as a new backlog, capped by `net.core.somaxconn`.
+fn deepen_listen_queue(listener: &TcpListener, backlog: u32) -> io::Result<()> {
+    use std::ffi::c_int;
+    use std::os::fd::AsRawFd;
+    unsafe extern "C" {
+        /// listen(2), from the C library that std itself links (musl or glibc).
+        fn listen(socket: c_int, backlog: c_int) -> c_int;
+    }
+    let backlog = c_int::try_from(backlog).expect("the listen backlog fits in a C int");
+    // SAFETY: listen(2) takes two integers and reads or writes no memory of ours. The
+    // descriptor belongs to `listener`, which is borrowed for the whole call, so it is open and
+    // cannot have been closed and reused for another file in the meantime.
+    let status = unsafe { listen(listener.as_raw_fd(), backlog) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Set when tiny_http's accept thread panicked: 1 for any reason, 2 when descriptors ran out.

@@ -55,6 +55,13 @@ pub const ABANDONED_IDLE_TIMEOUTS: u32 = 2;
 /// a clean one.
 pub const KEPT_CONNECTIONS_MAX: usize = 128;
 
+/// Connections the kernel holds, handshake done, until fibd accepts them. A burst larger than
+/// this has its surplus SYNs dropped and retried a second later; std's default of 128 is less
+/// than the 300 connections the seed load test opens at once, or than the pool of a load
+/// balancer reconnecting after a restart. fibd accepts several thousand connections a second,
+/// so this is well under a second of waiting; the kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 1024;
+
 /// How often the acceptor checks whether it should stop; this bounds how late shutdown begins.
 pub const ACCEPT_POLL_MS: u64 = 50;
 /// Back-off between restarts of a failed accept loop, doubling from the first value up to
