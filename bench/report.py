@@ -380,6 +380,28 @@ def report(args):
                          f"{fmt(inside.get('commit_steps', {}).get('mean'), '.1f')} steps/commit",
                          "-", "-", "(explains step latency)", "info"))
 
+    # The disk's floor (bench/disk_floor.py): an ideal group-commit server at the seed's step
+    # rate on the state file's file system. No server that answers a step after its
+    # fdatasync can do better here, so this says how much of the steps' p99 ratio the disk
+    # alone takes.
+    floor_path = os.path.join(raw, "disk-floor.json")
+    if os.path.exists(floor_path):
+        with open(floor_path) as fh:
+            floor = json.load(fh)
+        seed["disk_floor"] = floor
+        fs = floor["steps"]
+        step_p99s = [n_all[r]["p99_ms"] for r in ("next", "previous") if n_all.get(r)]
+        nginx_step_p99 = sum(step_p99s) / len(step_p99s) if step_p99s else None
+        floor["p99_vs_nginx"] = ratio(fs["p99_ms"], nginx_step_p99)
+        rows.append(("1 seed, the disk's floor for steps",
+                     f"ideal group commit, {floor['rate_per_s']:,.0f} steps/s: p50 {fmt(fs['p50_ms'])} "
+                     f"p99 {fmt(fs['p99_ms'])} p99.9 {fmt(fs['p99.9_ms'])} mean {fmt(fs['mean_ms'])} ms, "
+                     f"{fmt(floor['steps_per_commit'], '.1f')} steps/commit, "
+                     f"commit (write+fdatasync) p99 {fmt(floor['commits']['p99_ms'])} ms",
+                     f"p99 {fmt(nginx_step_p99)} ms (steps)" if nginx_step_p99 else "n/a",
+                     f"p99 {fmt(floor['p99_vs_nginx'], '.3f')}x",
+                     "(the steps cannot go below)", "info"))
+
     # Peak read
     pr = {}
     for server in ("fibd", "nginx"):

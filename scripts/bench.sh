@@ -2,7 +2,7 @@
 # fibd benchmark (issue 5): reproduces the original load test on a 1 CPU / 512 MB box and
 # measures how far past it fibd goes, next to Debian's nginx on the same core.
 #
-#   scripts/bench.sh                      # full run, 30 s per load phase (about 3.5 minutes)
+#   scripts/bench.sh                      # full run, 30 s per load phase (about 4 minutes)
 #   BENCH_DURATION=5 scripts/bench.sh     # quick run
 #
 # What it does, in order (docs/BENCHMARKS.md explains every row):
@@ -15,6 +15,7 @@
 #      generator runs under taskset on the other core ($BENCH_LOAD_CPU);
 #   3. scenarios: seed (three constant-rate oha runs at once, latency corrected for
 #      coordinated omission) on fibd then on nginx (one worker, fixed body, same core),
+#      the disk's floor under the steps' latency (bench/disk_floor.py),
 #      peak read (wrk) on fibd then nginx, peak durable write (wrk, alternating /next and
 #      /previous), 5,000 idle connections, RSS throughout; then a fresh fibd with
 #      --batch-max 1 for the write scenario with group commit off;
@@ -468,6 +469,18 @@ log "nginx: seed scenario"
 phase_begin "$nginx_worker"
 seed seed-nginx "$nginx_port"
 phase_end seed-nginx
+
+# The disk's floor under the steps' latency: an ideal group-commit server (no network, no
+# HTTP, no threads) at the seed's step rate, on the server core and the file system that
+# holds fibd's state. No server that answers a step after its fdatasync can do better here.
+log "disk floor: ideal group commit at $((2 * RATE)) steps/s (${DURATION}s)"
+mkdir -p "$work/disk-floor"
+taskset -c "$SERVER_CPU" timeout -k 5 "$PHASE_TIMEOUT" python3 "$root/bench/disk_floor.py" \
+    --dir "$work/disk-floor" --rate "$((2 * RATE))" --seconds "$DURATION" \
+    --json "$raw/disk-floor.json" >"$raw/disk-floor.txt" &
+floor_pid=$!
+pids+=("$floor_pid")
+wait "$floor_pid"
 
 # Peak read in interleaved rounds (fibd, nginx, fibd, nginx, ...), each a share of
 # BENCH_DURATION; report.py takes each server's median round. Short-lived background load
