@@ -100,10 +100,10 @@ pub const PROBE_FAILED_PERCENT_DEAF: usize = 80;
 /// (`nudger.rs`) when nothing suggests one is: each nudge costs the idle server about 0.4 ms
 /// of CPU, so this keeps it near 0.2% of a core.
 pub const NUDGE_INTERVAL_MS: u64 = 200;
-/// How often the nudger reads the thread count, which rises when connections arrive in a
-/// burst: a connection tiny_http left queued waits about this long for its nudge (it waited up
-/// to `NUDGE_INTERVAL_MS` when the count was read once per round). A reading, wake-up included,
-/// costs about 35 µs of CPU here, so this is under 0.2% of a core.
+/// How often the nudger reads the thread and descriptor counts, which tell it that
+/// connections arrived in a burst: a connection tiny_http left queued waits about this long for
+/// its nudge (it waited up to `NUDGE_INTERVAL_MS` when the count was read once per round). A
+/// reading, wake-up included, costs about 35 µs of CPU here, so this is under 0.2% of a core.
 pub const NUDGE_POLL_INTERVAL_MS: u64 = 20;
 /// A nudge that cannot connect within this long is skipped: the backlog is full, and the
 /// watchdog, not the nudger, judges that.
@@ -113,6 +113,13 @@ pub const NUDGE_CONNECT_TIMEOUT_MS: u64 = 100;
 /// 400 nudges a second (8 per reading of the thread count), which still frees a queued burst
 /// of hundreds within a second.
 pub const NUDGES_PER_ROUND_MAX: usize = 8;
+/// Most nudges in one round for connections estimated to be queued (`nudger.rs`). The estimate
+/// counts only connections without a thread, so each nudge frees one, and a round can free a
+/// burst of dozens at once; the cap bounds what a wrong estimate could cost.
+pub const QUEUED_NUDGES_PER_ROUND_MAX: usize = 64;
+/// Threads tiny_http 0.12's pool starts with and keeps however idle (its `MIN_THREADS`); each
+/// can serve a connection, so the nudger counts them when it estimates queued connections.
+pub const TINY_HTTP_POOL_MIN_THREADS: usize = 4;
 
 /// After SIGTERM, the process exits by this time even if some client is slow to take its
 /// last reply; every acknowledged step is already durable, so nothing is lost by leaving.

@@ -17,6 +17,13 @@
 //! nudger reads the count every 20 ms and nudges at once, once more for each thread
 //! gained, when it rose; otherwise it nudges a few times a second. The cost follows the growth
 //! in connections, not the request rate.
+//!
+//! A burst that meets idle threads starts none, so the thread count cannot announce it. Where
+//! Linux reports the process's descriptor count (6.2 and later), the nudger also estimates the
+//! connections queued: each connection holds two descriptors and each of tiny_http's threads
+//! serves at most one, so connections beyond the threads are waiting. When that estimate
+//! rises, the nudger nudges once for each connection it rose by. Clients that open a
+//! connection per request leave threads idle, which keep the estimate at zero.
 
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
@@ -25,21 +32,33 @@ use std::time::{Duration, Instant};
 
 use crate::limits;
 
-/// Reads the thread count every `NUDGE_POLL_INTERVAL_MS` and nudges once more than the
-/// threads gained since the last reading whenever it rose, and once every `NUDGE_INTERVAL_MS`
-/// otherwise, until `stopping` returns true.
+/// Reads the thread and descriptor counts every `NUDGE_POLL_INTERVAL_MS`. Nudges once more
+/// than the threads gained since the last reading whenever that count rose (at most
+/// `NUDGES_PER_ROUND_MAX`), once more for each connection newly estimated to be queued (at
+/// most `QUEUED_NUDGES_PER_ROUND_MAX`), and once every `NUDGE_INTERVAL_MS` otherwise, until
+/// `stopping` returns true.
 pub fn run(addr: SocketAddr, stopping: impl Fn() -> bool) {
     let timeout = Duration::from_millis(limits::NUDGE_CONNECT_TIMEOUT_MS);
     let interval = Duration::from_millis(limits::NUDGE_INTERVAL_MS);
     let mut threads_before = thread_count();
+    let baseline = Baseline {
+        descriptors: descriptor_count(),
+        threads: threads_before,
+    };
+    let mut queued_before = 0;
     let mut last_round = Instant::now();
     while !stopping() {
         let threads = thread_count();
         let gained = threads.saturating_sub(threads_before);
         threads_before = threads;
-        if gained > 0 || last_round.elapsed() >= interval {
+        let queued = baseline.queued_estimate(descriptor_count(), threads);
+        let newly_queued = queued.saturating_sub(queued_before);
+        queued_before = queued;
+        if gained > 0 || newly_queued > 0 || last_round.elapsed() >= interval {
             last_round = Instant::now();
-            for _ in 0..(1 + gained).min(limits::NUDGES_PER_ROUND_MAX) {
+            let nudges = (1 + gained).min(limits::NUDGES_PER_ROUND_MAX)
+                + newly_queued.min(limits::QUEUED_NUDGES_PER_ROUND_MAX);
+            for _ in 0..nudges {
                 // A failed connect is left to the watchdog to judge: a server out of
                 // descriptors or with a full backlog has bigger problems than a queued
                 // connection.
@@ -52,6 +71,32 @@ pub fn run(addr: SocketAddr, stopping: impl Fn() -> bool) {
     }
 }
 
+/// The descriptor and thread counts when the nudger started, before any client connected.
+struct Baseline {
+    descriptors: Option<usize>,
+    threads: usize,
+}
+
+impl Baseline {
+    /// How many connections tiny_http holds without a thread for them, at least. Each
+    /// connection holds two descriptors (tiny_http clones the socket), and each thread tiny_http
+    /// started since the baseline, like the `TINY_HTTP_POOL_MIN_THREADS` it started before it,
+    /// serves at most one; so connections beyond those threads are queued. Threads left idle by
+    /// connections that ended are counted as serving, so this never overstates: after a burst
+    /// that idle threads took part of, it counts the rest. Descriptors fibd opens for itself
+    /// (the watchdog's probe, a nudge, a state-file read) come and go within a reading or two;
+    /// an estimate that rises because of them costs a nudge. 0 without a descriptor count.
+    fn queued_estimate(&self, descriptors: Option<usize>, threads: usize) -> usize {
+        let (Some(base), Some(now)) = (self.descriptors, descriptors) else {
+            return 0;
+        };
+        let connections = now.saturating_sub(base) / 2;
+        let pool_threads =
+            threads.saturating_sub(self.threads) + limits::TINY_HTTP_POOL_MIN_THREADS;
+        connections.saturating_sub(pool_threads)
+    }
+}
+
 /// The process's thread count: the link count of /proc/self/task, which Linux reports as two
 /// plus the number of threads. One `stat` costs a few microseconds, where reading
 /// /proc/self/status cost about a hundred here. 0 where /proc is missing, which leaves the
@@ -61,9 +106,53 @@ fn thread_count() -> usize {
     usize::try_from(links.saturating_sub(2)).unwrap_or(usize::MAX)
 }
 
+/// The process's open descriptors: the size Linux (6.2 and later) reports for /proc/self/fd.
+/// `None` where it reports 0 (older kernels) or /proc is missing; the nudger then works from
+/// the thread count alone.
+fn descriptor_count() -> Option<usize> {
+    let size = std::fs::metadata("/proc/self/fd").map_or(0, |fd| fd.len());
+    usize::try_from(size).ok().filter(|&n| n > 0)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::thread_count;
+    use super::{Baseline, thread_count};
+    use crate::limits::TINY_HTTP_POOL_MIN_THREADS as POOL_MIN;
+
+    /// A fibd with 10 descriptors and 20 threads (tiny_http's idle pool included) before any
+    /// client came.
+    const BASELINE: Baseline = Baseline {
+        descriptors: Some(10),
+        threads: 20,
+    };
+
+    #[test]
+    fn connections_beyond_tiny_http_s_threads_are_counted_as_queued() {
+        // 100 connections, 200 descriptors; the pool's idle threads took some, no new thread.
+        assert_eq!(BASELINE.queued_estimate(Some(210), 20), 100 - POOL_MIN);
+        // 40 of them got threads of their own.
+        assert_eq!(BASELINE.queued_estimate(Some(210), 60), 60 - POOL_MIN);
+        // The socket tiny_http has accepted but not yet cloned does not count yet.
+        assert_eq!(BASELINE.queued_estimate(Some(211), 60), 60 - POOL_MIN);
+    }
+
+    #[test]
+    fn idle_threads_and_closed_connections_never_count_as_queued() {
+        // Every connection has a thread, and threads of ended connections wait idle.
+        assert_eq!(BASELINE.queued_estimate(Some(30), 40), 0);
+        // Descriptors below the baseline (a probe's socket was open when it was taken).
+        assert_eq!(BASELINE.queued_estimate(Some(8), 20), 0);
+    }
+
+    #[test]
+    fn without_a_descriptor_count_nothing_is_estimated() {
+        assert_eq!(BASELINE.queued_estimate(None, 20), 0);
+        let old_kernel = Baseline {
+            descriptors: None,
+            threads: 20,
+        };
+        assert_eq!(old_kernel.queued_estimate(Some(500), 20), 0);
+    }
 
     #[test]
     fn the_thread_count_sees_this_thread_and_one_more() {
