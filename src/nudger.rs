@@ -82,10 +82,10 @@ impl Baseline {
     /// connection holds two descriptors (tiny_http clones the socket), and each thread tiny_http
     /// started since the baseline, like the `TINY_HTTP_POOL_MIN_THREADS` it started before it,
     /// serves at most one; so connections beyond those threads are queued. Threads left idle by
-    /// connections that ended are counted as serving, so this never overstates: after a burst
-    /// that idle threads took part of, it counts the rest. Descriptors fibd opens for itself
-    /// (the watchdog's probe, a nudge, a state-file read) come and go within a reading or two;
-    /// an estimate that rises because of them costs a nudge. 0 without a descriptor count.
+    /// connections that ended are counted as serving, which can only make the estimate low:
+    /// after a burst that idle threads took part of, it counts the rest. Descriptors fibd opens
+    /// for itself (the watchdog's probe, a nudge) come and go within a reading or two, and an
+    /// estimate raised by them costs a nudge. 0 without a descriptor count.
     fn queued_estimate(&self, descriptors: Option<usize>, threads: usize) -> usize {
         let (Some(base), Some(now)) = (self.descriptors, descriptors) else {
             return 0;
