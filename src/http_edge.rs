@@ -701,7 +701,7 @@ fn dispatch(edge: &Edge, request: Request) {
     let chunked_body_unread = chunked && body_length.is_none();
     let persists = http_response::connection_persists((version.0, version.1), connection)
         && !chunked_body_unread;
-    let upgrade = connection.is_some_and(|value| value.to_ascii_lowercase().contains("upgrade"));
+    let upgrade = connection.is_some_and(|value| routes::contains_ignore_case(value, "upgrade"));
     let body_unread = body_left_unread(body_length, expects, upgrade);
     let format = Format::from_accept(accept);
     let has_body = chunked || body_length.is_some_and(|len| len > 0);

@@ -6,7 +6,7 @@
 //! date and the status line for every response; callgrind counted that as about a quarter of
 //! the user-space instructions of a `/current` request in the musl build (docs/BENCHMARKS.md).
 
-use crate::routes::Reply;
+use crate::routes::{Reply, contains_ignore_case};
 
 /// Whether tiny_http keeps reading requests from a connection after this one, by the same rule
 /// tiny_http 0.12 applies (its `ClientConnection`): a `Connection` header naming `close` or
@@ -14,9 +14,13 @@ use crate::routes::Reply;
 /// Only the first `Connection` header counts, as in tiny_http.
 pub fn connection_persists(version: (u8, u8), connection_header: Option<&str>) -> bool {
     let http_1_0 = version == (1, 0);
-    match connection_header.map(str::to_ascii_lowercase) {
-        Some(value) if value.contains("close") || value.contains("upgrade") => false,
-        Some(value) => !http_1_0 || value.contains("keep-alive"),
+    match connection_header {
+        Some(value)
+            if contains_ignore_case(value, "close") || contains_ignore_case(value, "upgrade") =>
+        {
+            false
+        }
+        Some(value) => !http_1_0 || contains_ignore_case(value, "keep-alive"),
         None => !http_1_0,
     }
 }

@@ -478,7 +478,8 @@ fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
 }
 
-fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
+/// Whether `needle` (ASCII) occurs in `haystack`, ignoring ASCII case, without allocating.
+pub(crate) fn contains_ignore_case(haystack: &str, needle: &str) -> bool {
     haystack
         .as_bytes()
         .windows(needle.len())
