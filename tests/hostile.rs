@@ -431,9 +431,9 @@ fn non_reading_client_is_abandoned(burst: usize, fill_until_blocked: bool, reaso
     println!("non-reading client ({reason}): {asked} ordinary requests, slowest {worst:?}");
 }
 
-/// Requests the filling client sends at a time: half the pipelining bound (128), so that the
-/// ones waiting behind a blocked write can never reach it.
-const FILL_WINDOW: usize = 64;
+/// Requests the filling client sends at a time: half the pipelining bound, so that the ones
+/// waiting behind a blocked write can never reach it.
+const FILL_WINDOW: usize = fibd::limits::PIPELINED_PER_CONNECTION_MAX / 2;
 
 /// Sends `requests` (with `fib_requests` look-ups among them) one window at a time, each once
 /// the server has finished writing the replies to the windows before, until the test ends.
