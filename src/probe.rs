@@ -62,15 +62,24 @@ pub fn get_status(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result
     stream.set_write_timeout(Some(timeout))?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes())?;
-    let mut head = Vec::with_capacity(64);
-    let mut byte = [0u8; 1];
-    while head.len() < STATUS_LINE_BYTES_MAX {
-        if stream.read(&mut byte)? == 0 || byte[0] == b'\n' {
-            break;
+    // Read in chunks until the status line is complete: the watchdog probes every second, and
+    // a read per byte would cost it a system call for each of the line's 17 or so bytes. What
+    // follows the line in the same chunk (headers, body) is ignored.
+    let mut head = [0u8; STATUS_LINE_BYTES_MAX];
+    let mut filled = 0;
+    let line_end = loop {
+        if let Some(end) = head[..filled].iter().position(|&b| b == b'\n') {
+            break end;
         }
-        head.push(byte[0]);
-    }
-    let line = String::from_utf8_lossy(&head);
+        if filled == head.len() {
+            break filled;
+        }
+        match stream.read(&mut head[filled..])? {
+            0 => break filled,
+            read => filled += read,
+        }
+    };
+    let line = String::from_utf8_lossy(&head[..line_end]);
     let mut parts = line.split(' ');
     match (
         parts.next(),
@@ -84,6 +93,46 @@ pub fn get_status(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Serves one connection on a free port: reads the request head, then writes `chunks`
+    /// with a pause between them, so that the answer reaches the probe in pieces.
+    fn answer_in_pieces(chunks: &'static [&'static [u8]]) -> SocketAddr {
+        use std::io::{BufRead, BufReader};
+        use std::net::TcpListener;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                line.clear();
+            }
+            let mut stream = reader.into_inner();
+            for chunk in chunks {
+                stream.write_all(chunk).unwrap();
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn reads_a_status_line_that_arrives_in_pieces() {
+        let timeout = Duration::from_secs(5);
+        let addr = answer_in_pieces(&[b"HTTP/1.1 2", b"04 No Content\r", b"\nServer: x\r\n\r\n"]);
+        assert_eq!(get_status(addr, "/healthz", timeout).unwrap(), 204);
+        let addr = answer_in_pieces(&[b"HTTP/1.0 503 Service Unavailable\r\n\r\nbody"]);
+        assert_eq!(get_status(addr, "/readyz", timeout).unwrap(), 503);
+        // An answer that ends before its line does, or is no HTTP at all, is an error.
+        let addr = answer_in_pieces(&[b"HTTP/1.1 "]);
+        assert!(get_status(addr, "/", timeout).is_err());
+        let addr = answer_in_pieces(&[b"SSH-2.0-OpenSSH_9.2\r\n"]);
+        assert!(get_status(addr, "/", timeout).is_err());
+        // A line longer than any status line is cut at the bound and judged on its start.
+        let addr = answer_in_pieces(&[&[b'x'; 2 * STATUS_LINE_BYTES_MAX]]);
+        assert!(get_status(addr, "/", timeout).is_err());
+    }
 
     #[test]
     fn parses_urls() {
