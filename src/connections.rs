@@ -53,6 +53,8 @@ pub enum Abandoned {
     PipelinedTotalFull,
     /// A request on it announced a body that is never read, so nothing more can follow.
     BodyUnread,
+    /// A request on it did not say clearly where it ends, so what follows is not trusted.
+    FramingLost,
 }
 
 impl Abandoned {
@@ -62,6 +64,7 @@ impl Abandoned {
             Abandoned::PipelinedTooDeep => "pipelined_too_deep",
             Abandoned::PipelinedTotalFull => "pipelined_total_full",
             Abandoned::BodyUnread => "body_unread",
+            Abandoned::FramingLost => "framing_lost",
         }
     }
 }

@@ -19,6 +19,7 @@ pub fn route_request(data: &[u8]) {
         header_bytes: accept.map_or(0, str::len),
         header_fields: usize::from(flags >> 4),
         missing_host: flags & 1 == 1,
+        length_ambiguous: false,
     };
     let has_body = flags & 2 == 2;
     let outcome = routes::check_head(&head, format)

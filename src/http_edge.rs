@@ -121,6 +121,11 @@ struct Meta {
     persists: bool,
     /// Whether tiny_http left the request's body on the socket (`body_left_unread`).
     body_unread: bool,
+    /// Whether the request's end is unclear (an ambiguous Content-Length, or a chunked body
+    /// tiny_http leaves on the socket), so that what tiny_http reads after it on the
+    /// connection is not a request the client meant: the reply closes the connection, and
+    /// whatever follows on it is dropped unanswered.
+    framing_lost: bool,
 }
 
 impl Edge {
@@ -260,7 +265,13 @@ impl Edge {
             self.respond_and_keep(request, &reply);
             Err(Abandoned::BodyUnread)
         } else {
-            write_reply(request, &reply, meta.persists).map_err(|_| Abandoned::NotReading)
+            let written =
+                write_reply(request, &reply, meta.persists).map_err(|_| Abandoned::NotReading);
+            written.and(if meta.framing_lost {
+                Err(Abandoned::FramingLost)
+            } else {
+                Ok(())
+            })
         };
         let elapsed = meta.arrived.elapsed();
         self.metrics.request(meta.route, status, meta.step, elapsed);
@@ -680,6 +691,7 @@ fn dispatch(edge: &Edge, request: Request) {
     // One pass over the headers for everything routing needs.
     let (mut accept, mut chunked, mut has_host, mut header_bytes) = (None, false, false, 0);
     let (mut connection, mut expects) = (None, false);
+    let (mut content_length, mut length_ambiguous) = (None, false);
     for header in request.headers() {
         header_bytes += header.field.as_str().as_str().len() + header.value.as_str().len();
         if header.field.equiv("Accept") {
@@ -692,15 +704,18 @@ fn dispatch(edge: &Edge, request: Request) {
             connection = Some(header.value.as_str()); // the first one, as tiny_http reads it
         } else if header.field.equiv("Expect") {
             expects = true;
+        } else if header.field.equiv("Content-Length") {
+            length_ambiguous |=
+                routes::content_length_conflicts(&mut content_length, header.value.as_str());
         }
     }
     let version = request.http_version();
     let body_length = request.body_length();
     // tiny_http leaves a chunked body on the socket and then parses it as the next request,
-    // which it answers 400 and closes; the reply tells the client that the connection ends.
-    let chunked_body_unread = chunked && body_length.is_none();
-    let persists = http_response::connection_persists((version.0, version.1), connection)
-        && !chunked_body_unread;
+    // as it does with the body of a request whose Content-Length it cannot read.
+    let framing_lost = (chunked && body_length.is_none()) || length_ambiguous;
+    let persists =
+        http_response::connection_persists((version.0, version.1), connection) && !framing_lost;
     let upgrade = connection.is_some_and(|value| routes::contains_ignore_case(value, "upgrade"));
     let body_unread = body_left_unread(body_length, expects, upgrade);
     let format = Format::from_accept(accept);
@@ -710,6 +725,7 @@ fn dispatch(edge: &Edge, request: Request) {
         header_bytes,
         header_fields: request.headers().len(),
         missing_host: *version == (1, 1) && !has_host,
+        length_ambiguous,
     };
     let route = routes::check_head(&head, format)
         .and_then(|()| routes::route(request.method().as_str(), request.url(), has_body, format));
@@ -719,6 +735,7 @@ fn dispatch(edge: &Edge, request: Request) {
         step: false,
         persists,
         body_unread,
+        framing_lost,
     };
     let routed = match route {
         Ok(Route::Step(step)) => {

@@ -150,7 +150,8 @@ pub struct Metrics {
     pub requests_shed: AtomicU64,
     /// Connections closed unanswered because file descriptors ran out.
     pub connections_shed: AtomicU64,
-    /// Connections given up on: they did not read their replies or pipelined too deep.
+    /// Connections given up on: they did not read their replies, pipelined too deep, or sent
+    /// a request whose end was unclear.
     pub connections_abandoned: AtomicU64,
     /// Requests of abandoned connections, dropped without a reply.
     pub requests_dropped: AtomicU64,
@@ -301,7 +302,7 @@ impl Metrics {
             ),
             (
                 "fibd_connections_abandoned_total",
-                "Connections given up on because they did not read their replies or pipelined too deep.",
+                "Connections given up on because they did not read their replies, pipelined too deep, or sent a request whose end was unclear.",
                 &self.connections_abandoned,
             ),
             (

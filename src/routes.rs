@@ -120,9 +120,33 @@ pub struct Head {
     pub header_fields: usize,
     /// An HTTP/1.1 request without a Host header, which RFC 9112 says to refuse.
     pub missing_host: bool,
+    /// Its Content-Length headers do not frame it unambiguously (`content_length_conflicts`).
+    pub length_ambiguous: bool,
 }
 
-/// Refuses request heads past the limits (414, 431) and HTTP/1.1 requests without Host (400).
+/// Reads one Content-Length header's value into `length` (the earlier ones' value, if any).
+/// True when it makes the request's framing ambiguous: it is not a plain decimal that fits in
+/// `usize` (RFC 9112 allows digits only), or it differs from an earlier Content-Length.
+/// tiny_http frames the body by the first Content-Length and ignores one it cannot parse, so
+/// the body of such a request is read as the next request on the connection; a proxy in front
+/// that reads the framing differently would let a client smuggle requests past it.
+pub fn content_length_conflicts(length: &mut Option<usize>, value: &str) -> bool {
+    let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
+    match (
+        digits.then(|| value.parse::<usize>().ok()).flatten(),
+        *length,
+    ) {
+        (None, _) => true,
+        (Some(parsed), Some(earlier)) => parsed != earlier,
+        (Some(parsed), None) => {
+            *length = Some(parsed);
+            false
+        }
+    }
+}
+
+/// Refuses request heads past the limits (414, 431), HTTP/1.1 requests without Host and
+/// requests with an ambiguous Content-Length (400).
 pub fn check_head(head: &Head, format: Format) -> Result<(), Reply> {
     if head.target_bytes > limits::TARGET_BYTES_MAX {
         let message = format!(
@@ -149,6 +173,15 @@ pub fn check_head(head: &Head, format: Format) -> Result<(), Reply> {
             400,
             "missing_host",
             "an HTTP/1.1 request needs a Host header",
+            format,
+        ));
+    }
+    if head.length_ambiguous {
+        return Err(Reply::error(
+            400,
+            "bad_content_length",
+            "Content-Length must be one decimal number of bytes, the same in every \
+             Content-Length header; the connection is closed",
             format,
         ));
     }
@@ -192,7 +225,10 @@ pub fn route(method: &str, target: &str, has_body: bool, format: Format) -> Resu
         return Err(reply);
     }
     if has_body {
-        let message = format!("{path} takes no request body; send the request without one");
+        let message = format!(
+            "{} takes no request body; send the request without one",
+            echo(path)
+        );
         return Err(Reply::error(400, "unexpected_body", &message, format));
     }
     match route {
@@ -342,8 +378,9 @@ pub fn unavailable(format: Format) -> Reply {
     Reply::error(
         503,
         "unavailable",
-        "the state file could not be written, so the step was not made; fibd is exiting and \
-         its supervisor will restart it from the last durable state",
+        "the state file could not be written, so the step is not acknowledged, though it may \
+         have reached the disk; fibd is exiting and its supervisor will restart it from the \
+         state on disk: read /current before stepping again",
         format,
     )
     .cursor_related()
@@ -551,6 +588,7 @@ mod tests {
             header_bytes: 100,
             header_fields: 3,
             missing_host: false,
+            length_ambiguous: false,
         };
         assert!(check_head(&ok, Format::Text).is_ok());
         let status = |head: Head| check_head(&head, Format::Text).unwrap_err().status;
@@ -578,6 +616,13 @@ mod tests {
         assert_eq!(
             status(Head {
                 missing_host: true,
+                ..ok.clone()
+            }),
+            400
+        );
+        assert_eq!(
+            status(Head {
+                length_ambiguous: true,
                 ..ok
             }),
             400
@@ -585,9 +630,42 @@ mod tests {
     }
 
     #[test]
+    fn a_content_length_is_one_plain_decimal_throughout() {
+        let conflicts = |values: &[&str]| {
+            let mut length = None;
+            values.iter().fold(false, |bad, v| {
+                content_length_conflicts(&mut length, v) | bad
+            })
+        };
+        assert!(!conflicts(&["0"]));
+        assert!(!conflicts(&["5", "5"]));
+        assert!(!conflicts(&["007", "7"]), "leading zeros are digits too");
+        for bad in [
+            "",
+            "2x",
+            "+5",
+            "-1",
+            " 5",
+            "5, 5",
+            "0x10",
+            "99999999999999999999999",
+        ] {
+            assert!(conflicts(&[bad]), "{bad:?}");
+        }
+        assert!(conflicts(&["0", "37"]), "values that disagree");
+        assert!(conflicts(&["5", "x"]));
+    }
+
+    #[test]
     fn bodies_are_refused() {
         let reply = route("POST", "/next", true, Format::Text).unwrap_err();
         assert_eq!(reply.status, 400);
+        // The path is echoed escaped and cut short, like every echo of client input.
+        let long = format!("/fib/\r\n{}", "9".repeat(5000));
+        let reply = route("GET", &long, true, Format::Text).unwrap_err();
+        assert_eq!(reply.status, 400);
+        assert!(reply.body.len() < 300, "{}", reply.body);
+        assert!(reply.body.contains("/fib/\\x0d\\x0a99"), "{}", reply.body);
     }
 
     #[test]

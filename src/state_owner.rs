@@ -54,7 +54,9 @@ pub enum Outcome {
     Stepped(u8),
     /// The step would leave the table; the cursor did not move.
     Bound(Bound),
-    /// The state file could not be written; the step was not made.
+    /// The state file could not be written: the step is not acknowledged. A step of the batch
+    /// whose commit failed may still have reached the disk (a failed fdatasync does not say
+    /// what was written), so its outcome is unknown; later steps were not made.
     Unavailable,
 }
 

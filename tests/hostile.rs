@@ -148,11 +148,50 @@ fn malformed_and_odd_requests_get_a_4xx_or_a_closed_connection() {
         "0",
         "no rejected request moved the cursor"
     );
-    let metrics = server.get("/metrics").body;
-    assert!(
-        !metrics.contains("code=\"500\""),
-        "no 500 was ever answered"
-    );
+}
+
+#[test]
+fn a_request_that_does_not_say_where_it_ends_cannot_smuggle_another() {
+    let dir = TempDir::new("smuggle");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    // tiny_http reads what follows each of these heads as the next request on the connection;
+    // a proxy in front could have framed it as the first request's body.
+    let smuggled = "POST /next HTTP/1.1\r\nHost: t\r\n\r\n";
+    let framings = [
+        "Content-Length: 2x\r\n".to_string(),
+        format!(
+            "Content-Length: 0\r\nContent-Length: {}\r\n",
+            smuggled.len()
+        ),
+        "Content-Length: 99999999999999999999999\r\n".to_string(),
+        "Transfer-Encoding: chunked\r\n".to_string(),
+    ];
+    for (tried, framing) in framings.iter().enumerate() {
+        let head = format!("GET /current HTTP/1.1\r\nHost: t\r\n{framing}\r\n{smuggled}");
+        let answer = final_answer(server.addr, &head, Duration::from_secs(5));
+        let answer = answer.map(|(status, closes, _)| (status, closes));
+        assert_eq!(answer, Some((400, true)), "{framing:?}");
+        // The request read after it is dropped unanswered, never served.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while requests_dropped(server.addr) <= tried as u64 {
+            assert!(
+                Instant::now() < deadline,
+                "{framing:?}: nothing was dropped"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(server.value("/current"), "0", "{framing:?} smuggled a step");
+    }
+    assert!(server.log_text().contains("reason=framing_lost"));
+}
+
+/// `fibd_requests_dropped_total`, from the server's metrics.
+fn requests_dropped(addr: SocketAddr) -> u64 {
+    let metrics = common::request(addr, "GET", "/metrics", &[]).body;
+    let line = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fibd_requests_dropped_total "));
+    line.expect("fibd_requests_dropped_total").parse().unwrap()
 }
 
 #[test]
