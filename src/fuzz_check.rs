@@ -4,22 +4,24 @@
 use crate::routes::{self, Format, Head};
 use crate::slot;
 
-/// Splits `data` into a method, a request target, an Accept header and flags, routes it, and
-/// checks that the answer is a well-formed success or a one-line 4xx, never a panic or a 5xx.
-pub fn route_request(data: &[u8]) {
-    let text = String::from_utf8_lossy(data);
+/// Takes the first byte of `data` as flags and splits the rest into a method, a request target
+/// and an Accept header, routes it, and checks that the answer is a well-formed success or a
+/// one-line 4xx, never a panic or a 5xx. The flags come from a byte of their own so that any
+/// method, `GET` included, can be fuzzed with and without each of them. Returns the status.
+pub fn route_request(data: &[u8]) -> u16 {
+    let (flags, text) = data.split_first().map_or((0, &[][..]), |(f, t)| (*f, t));
+    let text = String::from_utf8_lossy(text);
     let mut parts = text.splitn(3, '\n');
     let method = parts.next().unwrap_or_default();
     let target = parts.next().unwrap_or_default();
     let accept = parts.next();
-    let flags = data.first().copied().unwrap_or_default();
     let format = Format::from_accept(accept);
     let head = Head {
         target_bytes: target.len(),
         header_bytes: accept.map_or(0, str::len),
         header_fields: usize::from(flags >> 4),
         missing_host: flags & 1 == 1,
-        length_ambiguous: false,
+        length_ambiguous: flags & 4 == 4,
     };
     let has_body = flags & 2 == 2;
     let outcome = routes::check_head(&head, format)
@@ -33,6 +35,7 @@ pub fn route_request(data: &[u8]) {
                 _ => routes::health(format),
             };
             assert_eq!(reply.status, 200);
+            reply.status
         }
         Err(reply) => {
             assert!(
@@ -50,6 +53,7 @@ pub fn route_request(data: &[u8]) {
             if reply.status == 405 {
                 assert!(reply.allow.is_some(), "405 names the allowed methods");
             }
+            reply.status
         }
     }
 }
@@ -60,5 +64,30 @@ pub fn recover_state(data: &[u8]) {
     if let Ok(recovered) = slot::recover(data) {
         assert!(recovered.slot.cursor.index() <= crate::fib::INDEX_MAX);
         assert_eq!(data.len(), slot::FILE_BYTES);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_request;
+
+    #[test]
+    fn the_flags_byte_reaches_every_route_and_every_refusal() {
+        assert_eq!(route_request(b"\0GET\n/fib/10\n"), 200);
+        assert_eq!(route_request(b"\0GET\n/current\napplication/json"), 200);
+        assert_eq!(route_request(b"\0BREW\n/next\n"), 405);
+        assert_eq!(route_request(b"\x01GET\n/fib/10\n"), 400, "missing Host");
+        assert_eq!(route_request(b"\x02GET\n/fib/10\n"), 400, "a body");
+        assert_eq!(
+            route_request(b"\x04GET\n/fib/10\n"),
+            400,
+            "ambiguous length"
+        );
+        assert_eq!(
+            route_request(b"\xf0GET\n/fib/10\n"),
+            200,
+            "15 header fields"
+        );
+        assert_eq!(route_request(b""), 404);
     }
 }
