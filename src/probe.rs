@@ -25,15 +25,24 @@ impl Target {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
-                host,
-                port.parse::<u16>()
-                    .map_err(|_| format!("{url:?} has a bad port"))?,
-            ),
-            _ => (authority, 80),
+        let bad_port = || format!("{url:?} has a bad port");
+        // An IPv6 address is bracketed (RFC 3986), and its colons are not a port's.
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(bracketed) => {
+                let (host, after) = bracketed
+                    .split_once(']')
+                    .ok_or_else(|| format!("{url:?}: an IPv6 address lacks its ']'"))?;
+                match after {
+                    "" => (host, None),
+                    after => (host, Some(after.strip_prefix(':').ok_or_else(bad_port)?)),
+                }
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = port.map_or(Ok(80), |p| p.parse::<u16>().map_err(|_| bad_port()))?;
         let ip: IpAddr = if host.eq_ignore_ascii_case("localhost") {
             IpAddr::V4(Ipv4Addr::LOCALHOST)
         } else {
@@ -149,5 +158,10 @@ mod tests {
         assert!(Target::parse("https://127.0.0.1/").is_err());
         assert!(Target::parse("http://example.com/").is_err());
         assert!(Target::parse("http://127.0.0.1:x/").is_err());
+        let t = Target::parse("http://[::1]/healthz").unwrap();
+        assert_eq!(t.addr.to_string(), "[::1]:80", "IPv6 without a port");
+        assert!(Target::parse("http://[::1]x/").is_err());
+        assert!(Target::parse("http://[::1/").is_err());
+        assert!(Target::parse("http://[::1]:/").is_err());
     }
 }

@@ -281,6 +281,12 @@ fn list_len(query: Option<&str>, format: Format) -> Result<u8, Reply> {
         match pair.split_once('=') {
             Some(("n", v)) if value.is_none() => value = Some(v),
             Some(("n", _)) => return Err(invalid("query parameter n is given twice".into())),
+            None if pair == "n" => {
+                return Err(invalid(format!(
+                    "query parameter n has no value; /fib needs ?n=N, the count of numbers to \
+                     list, 0 <= N <= {LIST_LEN_MAX}"
+                )));
+            }
             _ => {
                 return Err(invalid(format!(
                     "unknown query parameter {}; /fib takes only n",
@@ -579,6 +585,8 @@ mod tests {
         assert_eq!(status("GET", "/fib"), 400);
         assert_eq!(status("GET", "/fib?n=1&n=2"), 400);
         assert_eq!(status("GET", "/fib?m=1"), 400);
+        let reply = route("GET", "/fib?n", false, Format::Text).unwrap_err();
+        assert!(reply.body.contains("n has no value"), "{}", reply.body);
     }
 
     #[test]
