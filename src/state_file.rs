@@ -16,12 +16,31 @@ pub trait Storage {
     fn commit(&mut self, cursor: Cursor) -> Result<(), Error>;
 }
 
-/// An open, locked state file and the sequence number of its newest slot.
+/// An open, locked state file and the sequence number of its newest slot. `F` is the file;
+/// only tests put anything but a `File` there.
 #[derive(Debug)]
-pub struct StateFile {
-    file: File,
+pub struct StateFile<F = File> {
+    file: F,
     path: PathBuf,
     sequence: u64,
+}
+
+/// The two things a commit does to the file. A trait, so that a test can see that the
+/// fdatasync follows the write, and that a commit whose fdatasync fails is not `Ok`: no test
+/// of a whole process can tell a synced write from an unsynced one short of a power cut.
+pub trait SlotFile {
+    fn write_slot(&self, bytes: &[u8], offset: u64) -> io::Result<()>;
+    fn sync_data(&self) -> io::Result<()>;
+}
+
+impl SlotFile for File {
+    fn write_slot(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
+        self.write_all_at(bytes, offset)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        File::sync_data(self)
+    }
 }
 
 impl StateFile {
@@ -76,13 +95,13 @@ impl StateFile {
     }
 }
 
-impl Storage for StateFile {
+impl<F: SlotFile> Storage for StateFile<F> {
     fn commit(&mut self, cursor: Cursor) -> Result<(), Error> {
         // The sequence number only ever grows; u64 cannot wrap at any real commit rate.
         let sequence = self.sequence + 1;
         let bytes = slot::encode(Slot { sequence, cursor });
         self.file
-            .write_all_at(&bytes, slot::offset_of(sequence))
+            .write_slot(&bytes, slot::offset_of(sequence))
             .map_err(|e| Error::io(Operation::Write, &self.path, e))?;
         self.file
             .sync_data()
@@ -170,6 +189,63 @@ mod tests {
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temporary file left behind");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Records what a commit does to the file, and fails the fdatasync when told to.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        calls: std::cell::RefCell<Vec<String>>,
+        sync_fails: bool,
+    }
+
+    impl SlotFile for Recorder {
+        fn write_slot(&self, bytes: &[u8], offset: u64) -> io::Result<()> {
+            let call = format!("write {} bytes at {offset}", bytes.len());
+            self.calls.borrow_mut().push(call);
+            Ok(())
+        }
+
+        fn sync_data(&self) -> io::Result<()> {
+            self.calls.borrow_mut().push("fdatasync".to_string());
+            if self.sync_fails {
+                return Err(io::Error::other("injected"));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_commit_is_ok_only_after_its_slot_is_written_and_synced() {
+        let mut state = StateFile {
+            file: Recorder::default(),
+            path: PathBuf::from("/x/fibd.state"),
+            sequence: 7,
+        };
+        state.commit(Cursor::at(3).unwrap()).unwrap();
+        state.commit(Cursor::at(4).unwrap()).unwrap();
+        let slot_bytes = slot::encode(Slot {
+            sequence: 8,
+            cursor: Cursor::at(3).unwrap(),
+        })
+        .len();
+        let (first, second) = (slot::offset_of(8), slot::offset_of(9));
+        assert_ne!(first, second, "commits alternate between the slots");
+        assert_eq!(
+            *state.file.calls.borrow(),
+            [
+                format!("write {slot_bytes} bytes at {first}"),
+                "fdatasync".to_string(),
+                format!("write {slot_bytes} bytes at {second}"),
+                "fdatasync".to_string(),
+            ]
+        );
+        assert_eq!(state.sequence, 9);
+
+        state.file.sync_fails = true;
+        let err = state.commit(Cursor::at(5).unwrap()).unwrap_err();
+        assert_eq!(err.operation, Operation::Sync);
+        assert!(err.to_string().contains("/x/fibd.state"), "{err}");
+        assert_eq!(state.sequence, 9, "a failed commit is not counted");
     }
 
     #[test]
