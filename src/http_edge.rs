@@ -196,26 +196,30 @@ impl Edge {
     /// Sends a request on to its queue. When the queue is full, or closed by shutdown, returns
     /// the 503 the caller is to write instead.
     fn forward(&self, routed: Routed) -> Option<(Request, Reply, Meta)> {
-        let refused = {
+        let (refused, shutting_down) = {
             let queues = self.queues.lock().expect("queues lock");
             match (queues.as_ref(), routed) {
                 (Some(queues), Routed::Work(job)) => match queues.work.try_send(job) {
                     Ok(()) => return None,
                     Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                        Routed::Work(job)
+                        (Routed::Work(job), false)
                     }
                 },
                 (Some(queues), Routed::Step(step)) => match queues.steps.try_send(step) {
                     Ok(()) => return None,
                     Err(TrySendError::Full(step) | TrySendError::Disconnected(step)) => {
-                        Routed::Step(step)
+                        (Routed::Step(step), false)
                     }
                 },
-                (None, routed) => routed,
+                // A request pipelined behind one that was answered during shutdown.
+                (None, routed) => (routed, true),
             }
         };
-        self.metrics.requests_shed.fetch_add(1, Ordering::Relaxed);
         let (request, format, meta) = refused.into_parts();
+        if shutting_down {
+            return Some((request, routes::shutting_down(format), meta));
+        }
+        self.metrics.requests_shed.fetch_add(1, Ordering::Relaxed);
         Some((request, routes::overloaded(format), meta))
     }
 

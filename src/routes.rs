@@ -404,6 +404,18 @@ pub fn overloaded(format: Format) -> Reply {
     reply
 }
 
+/// The 503 answer for a request that reached fibd as it shut down.
+pub fn shutting_down(format: Format) -> Reply {
+    let mut reply = Reply::error(
+        503,
+        "shutting_down",
+        "fibd is shutting down; retry shortly, once it or its replacement is up",
+        format,
+    );
+    reply.retry_after = Some(1);
+    reply
+}
+
 /// The first `len` table entries, one per line (JSON: an array of strings).
 pub fn list(len: u8, format: Format) -> Reply {
     let values = (0..u64::from(len)).map(|n| fib::decimal(n).expect("len <= 187"));
