@@ -1,6 +1,7 @@
 //! The properties the fuzz targets check, kept in the library so that the regression inputs
 //! the fuzzer finds run as ordinary tests (`tests/fuzz_regressions.rs`) without a fuzzer.
 
+use crate::cursor::Cursor;
 use crate::routes::{self, Format, Head};
 use crate::slot;
 
@@ -59,12 +60,36 @@ pub fn route_request(data: &[u8]) -> u16 {
 }
 
 /// Recovering state from arbitrary bytes either succeeds with an index in the table or fails
-/// with a message; it never panics.
+/// with a message; it never panics. The bytes are also laid over one slot of a file whose
+/// slots are both valid (the first byte picks the slot), which lets the fuzzer reach past the
+/// length check; damage to one slot must never lose the other: recovery then returns the
+/// intact slot, or the damaged one only if it still decodes as a newer valid slot.
 pub fn recover_state(data: &[u8]) {
     if let Ok(recovered) = slot::recover(data) {
         assert!(recovered.slot.cursor.index() <= crate::fib::INDEX_MAX);
         assert_eq!(data.len(), slot::FILE_BYTES);
     }
+    let Some((which, overlay)) = data.split_first() else {
+        return;
+    };
+    let slots = [(10, 40), (11, 41)].map(|(sequence, index)| slot::Slot {
+        sequence,
+        cursor: Cursor::at(index).expect("in the table"),
+    });
+    let mut file = Vec::with_capacity(slot::FILE_BYTES);
+    for s in slots {
+        file.extend_from_slice(&slot::encode(s));
+    }
+    let damaged = usize::from(which & 1);
+    let start = damaged * slot::SLOT_BYTES;
+    let len = overlay.len().min(slot::SLOT_BYTES);
+    file[start..start + len].copy_from_slice(&overlay[..len]);
+    let intact = slots[1 - damaged];
+    let recovered = slot::recover(&file).expect("one slot is intact");
+    assert!(
+        recovered.slot == intact || recovered.slot.sequence > intact.sequence,
+        "{recovered:?} instead of the intact {intact:?}"
+    );
 }
 
 #[cfg(test)]
@@ -89,5 +114,18 @@ mod tests {
             "15 header fields"
         );
         assert_eq!(route_request(b""), 404);
+    }
+
+    #[test]
+    fn damage_to_one_slot_never_loses_the_other() {
+        super::recover_state(b"");
+        super::recover_state(b"\0");
+        super::recover_state(&[1; 5000]);
+        // A valid newer slot laid over the second slot wins.
+        let newer = crate::slot::encode(crate::slot::Slot {
+            sequence: 13,
+            cursor: super::Cursor::at(7).unwrap(),
+        });
+        super::recover_state(&[[1].as_slice(), &newer].concat());
     }
 }
