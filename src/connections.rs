@@ -29,6 +29,10 @@ pub enum Admit<T> {
     Parked,
     /// Its connection is abandoned: drop these without a reply.
     Drop(Vec<T>, Option<Abandoned>),
+    /// It arrived from the address of a connection abandoned for `FramingLost`, with nothing
+    /// of that address in flight: answer it with a refusal, never serve it. It is now the
+    /// request in flight, and `finish` is called for it as for any other.
+    Refuse(T),
 }
 
 /// What to do after a connection's request in flight has been answered.
@@ -73,8 +77,8 @@ struct Connection<T> {
     /// One request of this connection is between admission and `finish`.
     in_flight: bool,
     waiting: VecDeque<T>,
-    /// When a request of this abandoned connection was last seen.
-    abandoned_seen: Option<Instant>,
+    /// Why this connection was abandoned, and when a request from its address was last seen.
+    abandoned: Option<(Abandoned, Instant)>,
 }
 
 struct Shard<T> {
@@ -130,14 +134,24 @@ impl<T> Connections<T> {
                 vacant.insert(Connection {
                     in_flight: true,
                     waiting: VecDeque::new(),
-                    abandoned_seen: None,
+                    abandoned: None,
                 });
                 return Admit::Go(request);
             }
             Entry::Occupied(occupied) => occupied.into_mut(),
         };
-        if let Some(seen) = connection.abandoned_seen.as_mut() {
+        if let Some((reason, seen)) = connection.abandoned.as_mut() {
             *seen = now;
+            // What follows a request whose end was unclear is never served, but it is refused
+            // out loud: the table knows addresses, not connections, and the client's next
+            // connection may reuse the address (a proxy or NAT reusing a port) before the
+            // entry is forgotten. A refusal tells that client to retry, where silence would
+            // leave it waiting. Writing the refusal cannot hold a thread long, since one
+            // reply is in flight per connection and the send timeout bounds it.
+            if *reason == Abandoned::FramingLost && !connection.in_flight {
+                connection.in_flight = true;
+                return Admit::Refuse(request);
+            }
             return Admit::Drop(vec![request], None);
         }
         if !connection.in_flight {
@@ -154,7 +168,7 @@ impl<T> Connections<T> {
             connection.waiting.push_back(request);
             return Admit::Parked;
         };
-        let mut dropped = self.abandon(connection, now);
+        let mut dropped = self.abandon(connection, reason, now);
         dropped.push(request);
         Admit::Drop(dropped, Some(reason))
     }
@@ -175,13 +189,13 @@ impl<T> Connections<T> {
             connection.in_flight,
             "finish for {peer} without a request in flight"
         );
-        if connection.abandoned_seen.is_some() {
+        if connection.abandoned.is_some() {
             connection.in_flight = false;
             return Finish::Idle;
         }
         if let Err(reason) = answered {
             connection.in_flight = false;
-            return Finish::Drop(self.abandon(connection, now), reason);
+            return Finish::Drop(self.abandon(connection, reason, now), reason);
         }
         if let Some(next) = connection.waiting.pop_front() {
             self.waiting_total.fetch_sub(1, Ordering::Relaxed);
@@ -191,8 +205,8 @@ impl<T> Connections<T> {
         Finish::Idle
     }
 
-    fn abandon(&self, connection: &mut Connection<T>, now: Instant) -> Vec<T> {
-        connection.abandoned_seen = Some(now);
+    fn abandon(&self, connection: &mut Connection<T>, reason: Abandoned, now: Instant) -> Vec<T> {
+        connection.abandoned = Some((reason, now));
         self.waiting_total
             .fetch_sub(connection.waiting.len(), Ordering::Relaxed);
         connection.waiting.drain(..).collect()
@@ -203,8 +217,8 @@ impl<T> Connections<T> {
         let forget_after = self.forget_after;
         shard.connections.retain(|_, c| {
             c.in_flight
-                || c.abandoned_seen
-                    .is_none_or(|seen| now - seen < forget_after)
+                || c.abandoned
+                    .is_none_or(|(_, seen)| now - seen < forget_after)
         });
         shard.next_sweep = now + forget_after;
     }
@@ -280,6 +294,31 @@ mod tests {
         let quiet = later + Duration::from_secs(31);
         // The sweep runs on any admission to the shard; the address is then new again.
         assert!(matches!(table.admit(peer(1), 3, quiet), Admit::Go(3)));
+    }
+
+    #[test]
+    fn what_follows_a_request_of_unclear_end_is_refused_one_at_a_time() {
+        let (table, now) = table();
+        let _ = table.admit(peer(1), 1, now);
+        let _ = table.admit(peer(1), 2, now);
+        match table.finish(peer(1), Err(Abandoned::FramingLost), now) {
+            Finish::Drop(dropped, Abandoned::FramingLost) => assert_eq!(dropped, vec![2]),
+            _ => panic!("expected what waited to be dropped"),
+        }
+        // The next request from the address is refused, never served; while that refusal is
+        // in flight, more requests from it are dropped.
+        assert!(matches!(table.admit(peer(1), 3, now), Admit::Refuse(3)));
+        assert!(matches!(table.admit(peer(1), 4, now), Admit::Drop(d, None) if d == vec![4]));
+        assert!(matches!(table.finish(peer(1), Ok(()), now), Finish::Idle));
+        assert!(matches!(table.admit(peer(1), 5, now), Admit::Refuse(5)));
+        assert!(matches!(table.finish(peer(1), Ok(()), now), Finish::Idle));
+        // Other reasons stay silent: writing to a client that does not read would block.
+        let _ = table.admit(peer(2), 1, now);
+        let _ = table.finish(peer(2), Err(Abandoned::NotReading), now);
+        assert!(matches!(table.admit(peer(2), 2, now), Admit::Drop(..)));
+        // Once the address is quiet for the forget period, it is served again.
+        let quiet = now + Duration::from_secs(31);
+        assert!(matches!(table.admit(peer(1), 6, quiet), Admit::Go(6)));
     }
 
     #[test]

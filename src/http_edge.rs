@@ -121,8 +121,8 @@ struct Meta {
     persists: bool,
     /// Whether tiny_http left the request's body on the socket (`body_left_unread`).
     body_unread: bool,
-    /// Whether the request's end is unclear (an ambiguous Content-Length, or a chunked body
-    /// tiny_http leaves on the socket), so that what tiny_http reads after it on the
+    /// Whether the request's end is unclear (an ambiguous Content-Length, or any
+    /// Transfer-Encoding, whose body tiny_http leaves on the socket), so that what tiny_http reads after it on the
     /// connection is not a request the client meant: the reply closes the connection, and
     /// whatever follows on it is dropped unanswered.
     framing_lost: bool,
@@ -243,7 +243,10 @@ impl Edge {
         self.metrics
             .requests_dropped
             .fetch_add(count, Ordering::Relaxed);
-        if let Some(reason) = abandoned {
+        // A request of unclear end that nothing followed is an ordinary 400, counted with its
+        // status; only a connection that lost requests is worth a warning.
+        let lost_nothing = count == 0 && abandoned == Some(Abandoned::FramingLost);
+        if let Some(reason) = abandoned.filter(|_| !lost_nothing) {
             self.metrics
                 .connections_abandoned
                 .fetch_add(1, Ordering::Relaxed);
@@ -693,7 +696,8 @@ fn dispatch(edge: &Edge, request: Request) {
     let arrived = Instant::now();
     let peer = request.remote_addr().copied();
     // One pass over the headers for everything routing needs.
-    let (mut accept, mut chunked, mut has_host, mut header_bytes) = (None, false, false, 0);
+    let (mut accept, mut transfer_encoded, mut has_host, mut header_bytes) =
+        (None, false, false, 0);
     let (mut connection, mut expects) = (None, false);
     let (mut content_length, mut length_ambiguous) = (None, false);
     for header in request.headers() {
@@ -701,7 +705,7 @@ fn dispatch(edge: &Edge, request: Request) {
         if header.field.equiv("Accept") {
             accept = Some(header.value.as_str());
         } else if header.field.equiv("Transfer-Encoding") {
-            chunked = true;
+            transfer_encoded = true;
         } else if header.field.equiv("Host") {
             has_host = true;
         } else if header.field.equiv("Connection") && connection.is_none() {
@@ -715,15 +719,16 @@ fn dispatch(edge: &Edge, request: Request) {
     }
     let version = request.http_version();
     let body_length = request.body_length();
-    // tiny_http leaves a chunked body on the socket and then parses it as the next request,
-    // as it does with the body of a request whose Content-Length it cannot read.
-    let framing_lost = (chunked && body_length.is_none()) || length_ambiguous;
+    // tiny_http takes any Transfer-Encoding as chunked (ignoring a Content-Length beside it),
+    // leaves that body on the socket and then parses it as the next request, as it does with
+    // the body of a request whose Content-Length it cannot read.
+    let framing_lost = transfer_encoded || length_ambiguous;
     let persists =
         http_response::connection_persists((version.0, version.1), connection) && !framing_lost;
     let upgrade = connection.is_some_and(|value| routes::contains_ignore_case(value, "upgrade"));
     let body_unread = body_left_unread(body_length, expects, upgrade);
     let format = Format::from_accept(accept);
-    let has_body = chunked || body_length.is_some_and(|len| len > 0);
+    let has_body = transfer_encoded || body_length.is_some_and(|len| len > 0);
     let head = routes::Head {
         target_bytes: request.url().len(),
         header_bytes,
@@ -764,6 +769,13 @@ fn dispatch(edge: &Edge, request: Request) {
             Admit::Drop(dropped, abandoned) => {
                 edge.drop_unanswered(peer, dropped, abandoned);
                 return;
+            }
+            Admit::Refuse(routed) => {
+                let (request, format, mut meta) = routed.into_parts();
+                meta.step = false;
+                meta.persists = false;
+                let reply = routes::after_framing_lost(format);
+                Routed::Work(Job::Reject(request, reply, meta))
             }
         },
     };

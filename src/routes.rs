@@ -132,21 +132,15 @@ pub struct Head {
 /// that reads the framing differently would let a client smuggle requests past it.
 pub fn content_length_conflicts(length: &mut Option<usize>, value: &str) -> bool {
     let digits = !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit());
-    match (
-        digits.then(|| value.parse::<usize>().ok()).flatten(),
-        *length,
-    ) {
-        (None, _) => true,
-        (Some(parsed), Some(earlier)) => parsed != earlier,
-        (Some(parsed), None) => {
-            *length = Some(parsed);
-            false
-        }
-    }
+    let Some(parsed) = digits.then(|| value.parse::<usize>().ok()).flatten() else {
+        return true;
+    };
+    *length.get_or_insert(parsed) != parsed
 }
 
-/// Refuses request heads past the limits (414, 431), HTTP/1.1 requests without Host and
-/// requests with an ambiguous Content-Length (400).
+/// Refuses request heads past the limits (414, 431), requests with an ambiguous
+/// Content-Length and HTTP/1.1 requests without Host (400). The Content-Length comes first
+/// because its answer is the one that closes the connection.
 pub fn check_head(head: &Head, format: Format) -> Result<(), Reply> {
     if head.target_bytes > limits::TARGET_BYTES_MAX {
         let message = format!(
@@ -168,20 +162,20 @@ pub fn check_head(head: &Head, format: Format) -> Result<(), Reply> {
         );
         return Err(Reply::error(431, "headers_too_large", &message, format));
     }
-    if head.missing_host {
-        return Err(Reply::error(
-            400,
-            "missing_host",
-            "an HTTP/1.1 request needs a Host header",
-            format,
-        ));
-    }
     if head.length_ambiguous {
         return Err(Reply::error(
             400,
             "bad_content_length",
             "Content-Length must be one decimal number of bytes, the same in every \
              Content-Length header; the connection is closed",
+            format,
+        ));
+    }
+    if head.missing_host {
+        return Err(Reply::error(
+            400,
+            "missing_host",
+            "an HTTP/1.1 request needs a Host header",
             format,
         ));
     }
@@ -416,6 +410,21 @@ pub fn shutting_down(format: Format) -> Reply {
     reply
 }
 
+/// The 503 answer for a request that followed, from the same client address and port, one
+/// whose end was unclear: it may be the earlier request's body, so it is never served. A
+/// client that reused the address for a new connection only has to retry.
+pub fn after_framing_lost(format: Format) -> Reply {
+    let mut reply = Reply::error(
+        503,
+        "framing_lost",
+        "an earlier request from this address and port did not say where it ended, so what \
+         follows it is not served for a while; retry on a new connection",
+        format,
+    );
+    reply.retry_after = Some(1);
+    reply
+}
+
 /// The first `len` table entries, one per line (JSON: an array of strings).
 pub fn list(len: u8, format: Format) -> Reply {
     let values = (0..u64::from(len)).map(|n| fib::decimal(n).expect("len <= 187"));
@@ -643,10 +652,31 @@ mod tests {
         assert_eq!(
             status(Head {
                 length_ambiguous: true,
-                ..ok
+                ..ok.clone()
             }),
             400
         );
+        // A request with both faults is answered for the one that closes its connection.
+        let both = Head {
+            missing_host: true,
+            length_ambiguous: true,
+            ..ok
+        };
+        let reply = check_head(&both, Format::Text).unwrap_err();
+        assert!(reply.body.contains("Content-Length"), "{}", reply.body);
+    }
+
+    #[test]
+    fn refusals_that_are_not_the_clients_fault_ask_for_a_retry() {
+        for (reply, code) in [
+            (overloaded(Format::Json), "overloaded"),
+            (shutting_down(Format::Json), "shutting_down"),
+            (after_framing_lost(Format::Json), "framing_lost"),
+        ] {
+            assert_eq!((reply.status, reply.retry_after), (503, Some(1)), "{code}");
+            let expected = format!("{{\"error\":\"{code}\",");
+            assert!(reply.body.starts_with(&expected), "{}", reply.body);
+        }
     }
 
     #[test]
