@@ -83,6 +83,8 @@ struct Connection<T> {
 
 struct Shard<T> {
     connections: HashMap<SocketAddr, Connection<T>>,
+    /// Entries of `connections` that are abandoned.
+    abandoned: usize,
     next_sweep: Instant,
 }
 
@@ -105,6 +107,7 @@ impl<T> Connections<T> {
         let shard = || {
             Mutex::new(Shard {
                 connections: HashMap::new(),
+                abandoned: 0,
                 next_sweep: now + forget_after,
             })
         };
@@ -170,6 +173,7 @@ impl<T> Connections<T> {
         };
         let mut dropped = self.abandon(connection, reason, now);
         dropped.push(request);
+        Self::remember_abandoned(&mut shard, peer);
         Admit::Drop(dropped, Some(reason))
     }
 
@@ -195,7 +199,9 @@ impl<T> Connections<T> {
         }
         if let Err(reason) = answered {
             connection.in_flight = false;
-            return Finish::Drop(self.abandon(connection, reason, now), reason);
+            let dropped = self.abandon(connection, reason, now);
+            Self::remember_abandoned(&mut shard, peer);
+            return Finish::Drop(dropped, reason);
         }
         if let Some(next) = connection.waiting.pop_front() {
             self.waiting_total.fetch_sub(1, Ordering::Relaxed);
@@ -212,13 +218,41 @@ impl<T> Connections<T> {
         connection.waiting.drain(..).collect()
     }
 
+    /// Counts `peer`, just abandoned, in its shard; past the shard's share of
+    /// `ABANDONED_REMEMBERED_MAX`, forgets the abandoned connection quiet the longest, other
+    /// than `peer` and those with a request in flight. A flood of abandoned connections then
+    /// costs bounded memory, at the price of forgetting the quietest early.
+    fn remember_abandoned(shard: &mut Shard<T>, peer: SocketAddr) {
+        shard.abandoned += 1;
+        if shard.abandoned <= limits::ABANDONED_REMEMBERED_MAX / SHARDS {
+            return;
+        }
+        let quietest = shard
+            .connections
+            .iter()
+            .filter(|(addr, c)| **addr != peer && !c.in_flight)
+            .filter_map(|(addr, c)| c.abandoned.map(|(_, seen)| (seen, *addr)))
+            .min();
+        if let Some((_, addr)) = quietest {
+            shard.connections.remove(&addr);
+            shard.abandoned -= 1;
+        }
+    }
+
     /// Forgets abandoned connections not heard from for `forget_after`.
     fn sweep(&self, shard: &mut Shard<T>, now: Instant) {
         let forget_after = self.forget_after;
-        shard.connections.retain(|_, c| {
-            c.in_flight
-                || c.abandoned
-                    .is_none_or(|(_, seen)| now - seen < forget_after)
+        let Shard {
+            connections,
+            abandoned,
+            ..
+        } = shard;
+        connections.retain(|_, c| {
+            let forget = !c.in_flight
+                && c.abandoned
+                    .is_some_and(|(_, seen)| now - seen >= forget_after);
+            *abandoned -= usize::from(forget);
+            !forget
         });
         shard.next_sweep = now + forget_after;
     }
@@ -319,6 +353,26 @@ mod tests {
         // Once the address is quiet for the forget period, it is served again.
         let quiet = now + Duration::from_secs(31);
         assert!(matches!(table.admit(peer(1), 6, quiet), Admit::Go(6)));
+    }
+
+    #[test]
+    fn abandoned_connections_remembered_at_once_are_bounded() {
+        let (table, now) = table();
+        // Clients on one port, so all in one shard, from addresses told apart by their host.
+        let client = |i: usize| SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 4321));
+        let share = limits::ABANDONED_REMEMBERED_MAX / SHARDS;
+        for i in 0..share + 10 {
+            let at = now + Duration::from_millis(i as u64);
+            let _ = table.admit(client(i), 1, at);
+            let _ = table.finish(client(i), Err(Abandoned::NotReading), at);
+        }
+        assert_eq!(table.tracked(), share);
+        // The quietest were forgotten; the latest are still dropped.
+        assert!(matches!(table.admit(client(0), 2, now), Admit::Go(2)));
+        assert!(matches!(
+            table.admit(client(share + 9), 2, now),
+            Admit::Drop(..)
+        ));
     }
 
     #[test]

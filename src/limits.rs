@@ -48,6 +48,10 @@ pub const PIPELINED_TOTAL_MAX: usize = 8_192;
 /// An abandoned connection is remembered (so its further requests are dropped at once) until
 /// none arrived for this many idle timeouts; by then the idle timeout has closed it.
 pub const ABANDONED_IDLE_TIMEOUTS: u32 = 2;
+/// Abandoned connections remembered at once: about 100 bytes each, so a flood of them (tens of
+/// thousands a second, each remembered for up to four idle timeouts) stays near 7 MiB; past
+/// it, the one quiet the longest is forgotten early.
+pub const ABANDONED_REMEMBERED_MAX: usize = 65_536;
 
 /// Connections kept open forever because a request on them announced a body that tiny_http
 /// would otherwise read through on our threads (see `http_edge::body_left_unread`); each holds
