@@ -9,6 +9,8 @@
 //! timeout, and stall the whole server. Holding later requests back until the earlier reply is
 //! written means a thread only ever waits on the socket itself, for one send timeout at most;
 //! after that the connection is abandoned and its further requests are dropped unanswered.
+//! What follows a request whose end was unclear is refused out loud instead, as long as the
+//! client reads the refusals (see `Admit::Refuse`).
 //!
 //! The table is generic over what it holds, so its rules are tested without sockets.
 
@@ -144,17 +146,19 @@ impl<T> Connections<T> {
             Entry::Occupied(occupied) => occupied.into_mut(),
         };
         if let Some((reason, seen)) = connection.abandoned.as_mut() {
-            *seen = now;
             // What follows a request whose end was unclear is never served, but it is refused
             // out loud: the table knows addresses, not connections, and the client's next
             // connection may reuse the address (a proxy or NAT reusing a port) before the
             // entry is forgotten. A refusal tells that client to retry, where silence would
-            // leave it waiting. Writing the refusal cannot hold a thread long, since one
-            // reply is in flight per connection and the send timeout bounds it.
+            // leave it waiting. A refusal does not restart the forget period, so a client that
+            // keeps its port and retries is served once it has been forgotten; and one whose
+            // refusal cannot be written is dropped silently from then on (see `finish`), so it
+            // costs a thread one send timeout at most, like any connection.
             if *reason == Abandoned::FramingLost && !connection.in_flight {
                 connection.in_flight = true;
                 return Admit::Refuse(request);
             }
+            *seen = now;
             return Admit::Drop(vec![request], None);
         }
         if !connection.in_flight {
@@ -193,7 +197,14 @@ impl<T> Connections<T> {
             connection.in_flight,
             "finish for {peer} without a request in flight"
         );
-        if connection.abandoned.is_some() {
+        if let Some((reason, _)) = connection.abandoned.as_mut() {
+            // A refusal that could not be written: the client does not read, so nothing more
+            // is written to it.
+            if let Err(failed) = answered
+                && failed != Abandoned::FramingLost
+            {
+                *reason = failed;
+            }
             connection.in_flight = false;
             return Finish::Idle;
         }
@@ -218,25 +229,36 @@ impl<T> Connections<T> {
         connection.waiting.drain(..).collect()
     }
 
-    /// Counts `peer`, just abandoned, in its shard; past the shard's share of
-    /// `ABANDONED_REMEMBERED_MAX`, forgets the abandoned connection quiet the longest, other
-    /// than `peer` and those with a request in flight. A flood of abandoned connections then
-    /// costs bounded memory, at the price of forgetting the quietest early.
+    /// Counts `peer`, just abandoned, in its shard. Past the shard's share of
+    /// `ABANDONED_REMEMBERED_MAX`, forgets abandoned connections early, down to three quarters
+    /// of the share in one pass so that the pass is rare: the quietest first, and those
+    /// abandoned for an unclear request end last, since forgetting those early is what could
+    /// let a request smuggled on them be served. Never `peer`, nor one with a request in
+    /// flight. A flood of abandoned connections then costs bounded memory and time.
     fn remember_abandoned(shard: &mut Shard<T>, peer: SocketAddr) {
+        let share = limits::ABANDONED_REMEMBERED_MAX / SHARDS;
         shard.abandoned += 1;
-        if shard.abandoned <= limits::ABANDONED_REMEMBERED_MAX / SHARDS {
+        if shard.abandoned <= share {
             return;
         }
-        let quietest = shard
+        let mut evictable: Vec<_> = shard
             .connections
             .iter()
             .filter(|(addr, c)| **addr != peer && !c.in_flight)
-            .filter_map(|(addr, c)| c.abandoned.map(|(_, seen)| (seen, *addr)))
-            .min();
-        if let Some((_, addr)) = quietest {
-            shard.connections.remove(&addr);
-            shard.abandoned -= 1;
+            .filter_map(|(addr, c)| {
+                c.abandoned
+                    .map(|(reason, seen)| ((reason == Abandoned::FramingLost, seen), *addr))
+            })
+            .collect();
+        let excess = (shard.abandoned - share * 3 / 4).min(evictable.len());
+        if excess == 0 {
+            return;
         }
+        evictable.select_nth_unstable(excess - 1);
+        for (_, addr) in &evictable[..excess] {
+            shard.connections.remove(addr);
+        }
+        shard.abandoned -= excess;
     }
 
     /// Forgets abandoned connections not heard from for `forget_after`.
@@ -254,6 +276,10 @@ impl<T> Connections<T> {
             *abandoned -= usize::from(forget);
             !forget
         });
+        // Give back what a flood grew the table to, once it has passed.
+        if connections.capacity() > 4 * connections.len().max(64) {
+            connections.shrink_to(2 * connections.len());
+        }
         shard.next_sweep = now + forget_after;
     }
 
@@ -361,18 +387,65 @@ mod tests {
         // Clients on one port, so all in one shard, from addresses told apart by their host.
         let client = |i: usize| SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 4321));
         let share = limits::ABANDONED_REMEMBERED_MAX / SHARDS;
-        for i in 0..share + 10 {
+        // The first client's connection lost its framing; the rest stopped reading.
+        for i in 0..=share {
             let at = now + Duration::from_millis(i as u64);
+            let reason = if i == 0 {
+                Abandoned::FramingLost
+            } else {
+                Abandoned::NotReading
+            };
             let _ = table.admit(client(i), 1, at);
-            let _ = table.finish(client(i), Err(Abandoned::NotReading), at);
+            let _ = table.finish(client(i), Err(reason), at);
         }
-        assert_eq!(table.tracked(), share);
-        // The quietest were forgotten; the latest are still dropped.
-        assert!(matches!(table.admit(client(0), 2, now), Admit::Go(2)));
+        // One past the share forgets a quarter of it at once, the quietest first, but keeps
+        // the one whose framing was lost although it is the quietest of all.
+        assert_eq!(table.tracked(), share * 3 / 4);
+        assert!(matches!(table.admit(client(0), 2, now), Admit::Refuse(2)));
+        assert!(matches!(table.finish(client(0), Ok(()), now), Finish::Idle));
+        assert!(matches!(table.admit(client(1), 2, now), Admit::Go(2)));
+        assert!(matches!(table.finish(client(1), Ok(()), now), Finish::Idle));
         assert!(matches!(
-            table.admit(client(share + 9), 2, now),
+            table.admit(client(share), 2, now),
             Admit::Drop(..)
         ));
+        // The sweep forgets the rest, and the count of abandoned entries follows.
+        let quiet = now + Duration::from_secs(90);
+        assert!(matches!(table.admit(client(1), 3, quiet), Admit::Go(3)));
+        assert_eq!(table.tracked(), 1);
+        let shard = table.shard(client(1));
+        assert_eq!(shard.abandoned, 0);
+        assert!(shard.connections.capacity() < 1024, "the table shrank back");
+    }
+
+    #[test]
+    fn a_refusal_the_client_does_not_read_silences_the_address() {
+        let (table, now) = table();
+        let _ = table.admit(peer(1), 1, now);
+        let _ = table.finish(peer(1), Err(Abandoned::FramingLost), now);
+        assert!(matches!(table.admit(peer(1), 2, now), Admit::Refuse(2)));
+        assert!(matches!(
+            table.finish(peer(1), Err(Abandoned::NotReading), now),
+            Finish::Idle
+        ));
+        // Nothing more is written to it: its requests are dropped, not refused.
+        assert!(matches!(table.admit(peer(1), 3, now), Admit::Drop(..)));
+    }
+
+    #[test]
+    fn refusals_do_not_keep_an_address_remembered() {
+        let (table, now) = table();
+        let _ = table.admit(peer(1), 1, now);
+        let _ = table.finish(peer(1), Err(Abandoned::FramingLost), now);
+        // A client that keeps its port and retries is refused, then served once the forget
+        // period (30 s here) has passed since the abandonment, however recent its last try.
+        for secs in [10, 20, 29] {
+            let at = now + Duration::from_secs(secs);
+            assert!(matches!(table.admit(peer(1), 2, at), Admit::Refuse(2)));
+            let _ = table.finish(peer(1), Ok(()), at);
+        }
+        let later = now + Duration::from_secs(35);
+        assert!(matches!(table.admit(peer(1), 3, later), Admit::Go(3)));
     }
 
     #[test]

@@ -122,9 +122,9 @@ struct Meta {
     /// Whether tiny_http left the request's body on the socket (`body_left_unread`).
     body_unread: bool,
     /// Whether the request's end is unclear (an ambiguous Content-Length, or any
-    /// Transfer-Encoding, whose body tiny_http leaves on the socket), so that what tiny_http reads after it on the
-    /// connection is not a request the client meant: the reply closes the connection, and
-    /// whatever follows on it is dropped unanswered.
+    /// Transfer-Encoding, whose body tiny_http leaves on the socket), so that what tiny_http
+    /// reads after it on the connection is not a request the client meant: the reply closes
+    /// the connection, and whatever follows on it is dropped or refused, never served.
     framing_lost: bool,
 }
 
@@ -243,21 +243,23 @@ impl Edge {
         self.metrics
             .requests_dropped
             .fetch_add(count, Ordering::Relaxed);
-        // A request of unclear end that nothing followed is an ordinary 400, counted with its
-        // status; only a connection that lost requests is worth a warning.
-        let lost_nothing = count == 0 && abandoned == Some(Abandoned::FramingLost);
-        if let Some(reason) = abandoned.filter(|_| !lost_nothing) {
+        if let Some(reason) = abandoned {
             self.metrics
                 .connections_abandoned
                 .fetch_add(1, Ordering::Relaxed);
-            log::warn(
-                "connection_abandoned",
-                &[
-                    ("remote", &peer),
-                    ("reason", &reason.as_str()),
-                    ("requests_dropped", &count),
-                ],
-            );
+            let fields: [(&str, &dyn std::fmt::Display); 3] = [
+                ("remote", &peer),
+                ("reason", &reason.as_str()),
+                ("requests_dropped", &count),
+            ];
+            // A request of unclear end that nothing followed yet is most often a client that
+            // sent a body no route takes (`curl -T`); it is logged, so that what follows from
+            // its address can be traced to it, but it is not worth a warning.
+            if count == 0 && reason == Abandoned::FramingLost {
+                log::info("connection_abandoned", &fields);
+            } else {
+                log::warn("connection_abandoned", &fields);
+            }
         }
     }
 

@@ -45,12 +45,14 @@ pub const PIPELINED_PER_CONNECTION_MAX: usize = 128;
 /// Pipelined requests waiting across all connections: at about 1 KiB each, this keeps them
 /// under 10 MiB however many connections pipeline at once.
 pub const PIPELINED_TOTAL_MAX: usize = 8_192;
-/// An abandoned connection is remembered (so its further requests are dropped at once) until
-/// none arrived for this many idle timeouts; by then the idle timeout has closed it.
+/// An abandoned connection is remembered (so its further requests are dropped or refused at
+/// once, never served) until none was dropped for this many idle timeouts; by then the idle
+/// timeout has closed it.
 pub const ABANDONED_IDLE_TIMEOUTS: u32 = 2;
-/// Abandoned connections remembered at once: about 100 bytes each, so a flood of them (tens of
-/// thousands a second, each remembered for up to four idle timeouts) stays near 7 MiB; past
-/// it, the one quiet the longest is forgotten early.
+/// Abandoned connections remembered at once, 1/16 of it in each shard of the table: at 96
+/// bytes an entry, the shards' hash tables peak near 12 MiB under a flood (tens of thousands
+/// a second, each remembered for up to four idle timeouts); past it, the quietest are
+/// forgotten early.
 pub const ABANDONED_REMEMBERED_MAX: usize = 65_536;
 
 /// Connections kept open forever because a request on them announced a body that tiny_http

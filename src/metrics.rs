@@ -55,7 +55,7 @@ const ROUTES: [(RouteLabel, &str); 10] = [
 ];
 
 /// The status codes fibd answers with; anything else (tiny_http's own 4xx) counts as "other".
-const CODES: [u16; 11] = [200, 400, 404, 405, 409, 414, 422, 431, 500, 503, 0];
+const CODES: [u16; 12] = [200, 400, 404, 405, 409, 414, 421, 422, 431, 500, 503, 0];
 
 fn code_slot(status: u16) -> usize {
     CODES
@@ -431,6 +431,38 @@ impl ProcessFigures {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_status_fibd_answers_with_is_counted_by_itself() {
+        use crate::cursor::Bound;
+        use crate::routes::{self, Format};
+        let f = Format::Text;
+        let routed = |method, target| routes::route(method, target, false, f).unwrap_err();
+        let head = routes::Head {
+            target_bytes: crate::limits::TARGET_BYTES_MAX + 1,
+            header_bytes: 0,
+            header_fields: 0,
+            missing_host: false,
+            length_ambiguous: false,
+        };
+        let replies = [
+            routes::number(1, f),
+            routes::bound(Bound::AtEnd, f),
+            routes::unavailable(f),
+            routes::overloaded(f),
+            routes::shutting_down(f),
+            routes::after_framing_lost(f),
+            routes::ready(false, f),
+            routed("GET", "/fib/x"),
+            routed("GET", "/nope"),
+            routed("DELETE", "/next"),
+            routed("GET", "/fib/999"),
+            routes::check_head(&head, f).unwrap_err(),
+        ];
+        for reply in replies {
+            assert_ne!(code_slot(reply.status), CODES.len() - 1, "{}", reply.status);
+        }
+    }
 
     #[test]
     fn route_labels_follow_the_router() {

@@ -139,8 +139,8 @@ pub fn content_length_conflicts(length: &mut Option<usize>, value: &str) -> bool
 }
 
 /// Refuses request heads past the limits (414, 431), requests with an ambiguous
-/// Content-Length and HTTP/1.1 requests without Host (400). The Content-Length comes first
-/// because its answer is the one that closes the connection.
+/// Content-Length and HTTP/1.1 requests without Host (400). Of the two 400s, the
+/// Content-Length's is given, since it is what makes fibd close the connection.
 pub fn check_head(head: &Head, format: Format) -> Result<(), Reply> {
     if head.target_bytes > limits::TARGET_BYTES_MAX {
         let message = format!(
@@ -410,19 +410,19 @@ pub fn shutting_down(format: Format) -> Reply {
     reply
 }
 
-/// The 503 answer for a request that followed, from the same client address and port, one
-/// whose end was unclear: it may be the earlier request's body, so it is never served. A
-/// client that reused the address for a new connection only has to retry.
+/// The answer to a request that followed, from the same client address and port, one whose
+/// end was unclear: it may be the earlier request's body, so it is never served. 421 is the
+/// status whose meaning is "retry on another connection" (RFC 9110, 15.5.20), which is all a
+/// client that reused the address for a new connection has to do; and, being a 4xx, a client
+/// that provokes it cannot raise the server's 5xx rate.
 pub fn after_framing_lost(format: Format) -> Reply {
-    let mut reply = Reply::error(
-        503,
+    Reply::error(
+        421,
         "framing_lost",
-        "an earlier request from this address and port did not say where it ended, so what \
-         follows it is not served for a while; retry on a new connection",
+        "an earlier request from this client address and port did not say where it ended, so \
+         what follows it is not served for a while; retry on a new connection",
         format,
-    );
-    reply.retry_after = Some(1);
-    reply
+    )
 }
 
 /// The first `len` table entries, one per line (JSON: an array of strings).
@@ -668,12 +668,16 @@ mod tests {
 
     #[test]
     fn refusals_that_are_not_the_clients_fault_ask_for_a_retry() {
-        for (reply, code) in [
-            (overloaded(Format::Json), "overloaded"),
-            (shutting_down(Format::Json), "shutting_down"),
-            (after_framing_lost(Format::Json), "framing_lost"),
+        for (reply, code, retry_after) in [
+            (overloaded(Format::Json), "overloaded", Some(1)),
+            (shutting_down(Format::Json), "shutting_down", Some(1)),
+            (after_framing_lost(Format::Json), "framing_lost", None),
         ] {
-            assert_eq!((reply.status, reply.retry_after), (503, Some(1)), "{code}");
+            let expected_status = if retry_after.is_some() { 503 } else { 421 };
+            assert_eq!(
+                (reply.status, reply.retry_after),
+                (expected_status, retry_after)
+            );
             let expected = format!("{{\"error\":\"{code}\",");
             assert!(reply.body.starts_with(&expected), "{}", reply.body);
         }

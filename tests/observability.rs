@@ -218,10 +218,9 @@ fn access_log_is_off_by_default_and_one_line_per_request_when_on() {
     let loud = Server::start(&dir.join("b.state"), &["--access-log"]);
     loud.get("/current");
     loud.post("/next");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !loud.log_text().contains("target=/next") && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    common::wait_until("the access log has no /next", || {
+        loud.log_text().contains("target=/next")
+    });
     let log = loud.log_text();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("event=access")).collect();
     assert!(

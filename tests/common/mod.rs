@@ -262,3 +262,12 @@ pub fn write_state(path: &Path, index: u64) {
     }));
     std::fs::write(path, bytes).unwrap();
 }
+
+/// Polls `done` until it holds; panics with `what` if it does not within 5 s.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
