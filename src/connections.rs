@@ -79,8 +79,20 @@ struct Connection<T> {
     /// One request of this connection is between admission and `finish`.
     in_flight: bool,
     waiting: VecDeque<T>,
-    /// Why this connection was abandoned, and when a request from its address was last seen.
-    abandoned: Option<(Abandoned, Instant)>,
+    abandoned: Option<Abandonment>,
+}
+
+/// What the table remembers of an abandoned connection.
+#[derive(Clone, Copy)]
+struct Abandonment {
+    reason: Abandoned,
+    /// When it was abandoned, or last sent another request of unclear end: the watch on it
+    /// ends `watch_max` after this, however busy it stays.
+    since: Instant,
+    /// When a request from its address last arrived.
+    seen: Instant,
+    /// Whether a refusal could not be written to it, so that nothing more is.
+    silent: bool,
 }
 
 struct Shard<T> {
@@ -99,13 +111,16 @@ pub struct Connections<T> {
     /// An abandoned connection is forgotten once none of its requests arrived for this long:
     /// by then the idle timeout has closed it, and its address may be reused.
     forget_after: Duration,
+    /// ... or once it has been watched this long, so that a client keeping its port for new
+    /// connections is not refused for ever.
+    watch_max: Duration,
 }
 
 /// Shards of the table; a small power of two is plenty for a handful of threads.
 const SHARDS: usize = 16;
 
 impl<T> Connections<T> {
-    pub fn new(forget_after: Duration, now: Instant) -> Connections<T> {
+    pub fn new(forget_after: Duration, watch_max: Duration, now: Instant) -> Connections<T> {
         let shard = || {
             Mutex::new(Shard {
                 connections: HashMap::new(),
@@ -117,6 +132,7 @@ impl<T> Connections<T> {
             shards: (0..SHARDS).map(|_| shard()).collect(),
             waiting_total: AtomicUsize::new(0),
             forget_after,
+            watch_max,
         }
     }
 
@@ -145,20 +161,22 @@ impl<T> Connections<T> {
             }
             Entry::Occupied(occupied) => occupied.into_mut(),
         };
-        if let Some((reason, seen)) = connection.abandoned.as_mut() {
+        if let Some(abandonment) = connection.abandoned.as_mut() {
+            abandonment.seen = now;
             // What follows a request whose end was unclear is never served, but it is refused
             // out loud: the table knows addresses, not connections, and the client's next
-            // connection may reuse the address (a proxy or NAT reusing a port) before the
-            // entry is forgotten. A refusal tells that client to retry, where silence would
-            // leave it waiting. A refusal does not restart the forget period, so a client that
-            // keeps its port and retries is served once it has been forgotten; and one whose
-            // refusal cannot be written is dropped silently from then on (see `finish`), so it
-            // costs a thread one send timeout at most, like any connection.
-            if *reason == Abandoned::FramingLost && !connection.in_flight {
+            // connection may reuse the address (loopback and NAT reuse ports within seconds)
+            // before the entry is forgotten. A refusal tells that client to retry, where
+            // silence would leave it waiting. One whose refusal cannot be written is dropped
+            // silently from then on (see `finish`), so it costs a thread one send timeout at
+            // most, like any connection.
+            if abandonment.reason == Abandoned::FramingLost
+                && !abandonment.silent
+                && !connection.in_flight
+            {
                 connection.in_flight = true;
                 return Admit::Refuse(request);
             }
-            *seen = now;
             return Admit::Drop(vec![request], None);
         }
         if !connection.in_flight {
@@ -197,15 +215,24 @@ impl<T> Connections<T> {
             connection.in_flight,
             "finish for {peer} without a request in flight"
         );
-        if let Some((reason, _)) = connection.abandoned.as_mut() {
-            // A refusal that could not be written: the client does not read, so nothing more
-            // is written to it.
-            if let Err(failed) = answered
-                && failed != Abandoned::FramingLost
-            {
-                *reason = failed;
-            }
+        if let Some(abandonment) = connection.abandoned.as_mut() {
             connection.in_flight = false;
+            match answered {
+                Ok(()) => {}
+                // The refused request's own end was unclear too: what follows it is the
+                // client's next request, or its body, so the watch starts over.
+                Err(Abandoned::FramingLost) => {
+                    abandonment.since = now;
+                    abandonment.seen = now;
+                }
+                // A refusal that could not be written: the client does not read, so nothing
+                // more is written to it, and it is reported like any connection that stops.
+                Err(failed) if !abandonment.silent => {
+                    abandonment.silent = true;
+                    return Finish::Drop(Vec::new(), failed);
+                }
+                Err(_) => {}
+            }
             return Finish::Idle;
         }
         if let Err(reason) = answered {
@@ -223,7 +250,12 @@ impl<T> Connections<T> {
     }
 
     fn abandon(&self, connection: &mut Connection<T>, reason: Abandoned, now: Instant) -> Vec<T> {
-        connection.abandoned = Some((reason, now));
+        connection.abandoned = Some(Abandonment {
+            reason,
+            since: now,
+            seen: now,
+            silent: false,
+        });
         self.waiting_total
             .fetch_sub(connection.waiting.len(), Ordering::Relaxed);
         connection.waiting.drain(..).collect()
@@ -246,8 +278,8 @@ impl<T> Connections<T> {
             .iter()
             .filter(|(addr, c)| **addr != peer && !c.in_flight)
             .filter_map(|(addr, c)| {
-                c.abandoned
-                    .map(|(reason, seen)| ((reason == Abandoned::FramingLost, seen), *addr))
+                let a = c.abandoned?;
+                Some(((a.reason == Abandoned::FramingLost, a.seen), *addr))
             })
             .collect();
         let excess = (shard.abandoned - share * 3 / 4).min(evictable.len());
@@ -259,11 +291,15 @@ impl<T> Connections<T> {
             shard.connections.remove(addr);
         }
         shard.abandoned -= excess;
+        // Removal leaves tombstones that would grow the table on later inserts; the pass has
+        // visited every entry already, so rebuilding it at the share's size costs little more.
+        shard.connections.shrink_to(share);
     }
 
-    /// Forgets abandoned connections not heard from for `forget_after`.
+    /// Forgets abandoned connections not heard from for `forget_after`, or watched for
+    /// `watch_max`.
     fn sweep(&self, shard: &mut Shard<T>, now: Instant) {
-        let forget_after = self.forget_after;
+        let (forget_after, watch_max) = (self.forget_after, self.watch_max);
         let Shard {
             connections,
             abandoned,
@@ -272,7 +308,7 @@ impl<T> Connections<T> {
         connections.retain(|_, c| {
             let forget = !c.in_flight
                 && c.abandoned
-                    .is_some_and(|(_, seen)| now - seen >= forget_after);
+                    .is_some_and(|a| now - a.seen >= forget_after || now - a.since >= watch_max);
             *abandoned -= usize::from(forget);
             !forget
         });
@@ -303,7 +339,8 @@ mod tests {
 
     fn table() -> (Connections<u32>, Instant) {
         let now = Instant::now();
-        (Connections::new(Duration::from_secs(30), now), now)
+        let (forget_after, watch_max) = (Duration::from_secs(30), Duration::from_secs(120));
+        (Connections::new(forget_after, watch_max, now), now)
     }
 
     #[test]
@@ -424,28 +461,48 @@ mod tests {
         let _ = table.admit(peer(1), 1, now);
         let _ = table.finish(peer(1), Err(Abandoned::FramingLost), now);
         assert!(matches!(table.admit(peer(1), 2, now), Admit::Refuse(2)));
+        // Reported once, like any connection that stops reading.
         assert!(matches!(
             table.finish(peer(1), Err(Abandoned::NotReading), now),
-            Finish::Idle
+            Finish::Drop(d, Abandoned::NotReading) if d.is_empty()
         ));
         // Nothing more is written to it: its requests are dropped, not refused.
-        assert!(matches!(table.admit(peer(1), 3, now), Admit::Drop(..)));
+        assert!(matches!(table.admit(peer(1), 3, now), Admit::Drop(d, None) if d == vec![3]));
     }
 
     #[test]
-    fn refusals_do_not_keep_an_address_remembered() {
+    fn a_busy_address_is_watched_until_the_watch_ends() {
         let (table, now) = table();
         let _ = table.admit(peer(1), 1, now);
         let _ = table.finish(peer(1), Err(Abandoned::FramingLost), now);
-        // A client that keeps its port and retries is refused, then served once the forget
-        // period (30 s here) has passed since the abandonment, however recent its last try.
-        for secs in [10, 20, 29] {
-            let at = now + Duration::from_secs(secs);
-            assert!(matches!(table.admit(peer(1), 2, at), Admit::Refuse(2)));
-            let _ = table.finish(peer(1), Ok(()), at);
+        let at = |secs| now + Duration::from_secs(secs);
+        // A client that goes on every 20 s stays refused past the forget period (30 s here)...
+        for secs in [20, 40, 60, 80, 100] {
+            assert!(matches!(
+                table.admit(peer(1), 2, at(secs)),
+                Admit::Refuse(2)
+            ));
+            let _ = table.finish(peer(1), Ok(()), at(secs));
         }
-        let later = now + Duration::from_secs(35);
-        assert!(matches!(table.admit(peer(1), 3, later), Admit::Go(3)));
+        // ... until the watch (120 s here) ends: a client that keeps its port is served.
+        assert!(matches!(table.admit(peer(1), 3, at(120)), Admit::Go(3)));
+        let _ = table.finish(peer(1), Ok(()), at(120));
+        // A refused request whose own end is unclear starts the watch over.
+        let _ = table.admit(peer(2), 1, now);
+        let _ = table.finish(peer(2), Err(Abandoned::FramingLost), now);
+        for secs in [20, 40, 60, 80, 100] {
+            assert!(matches!(
+                table.admit(peer(2), 2, at(secs)),
+                Admit::Refuse(2)
+            ));
+            let answered = if secs == 100 {
+                Err(Abandoned::FramingLost)
+            } else {
+                Ok(())
+            };
+            let _ = table.finish(peer(2), answered, at(secs));
+        }
+        assert!(matches!(table.admit(peer(2), 3, at(125)), Admit::Refuse(3)));
     }
 
     #[test]

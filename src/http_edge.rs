@@ -145,6 +145,7 @@ impl Edge {
             idle_timeout,
             connections: Connections::new(
                 idle_timeout * limits::ABANDONED_IDLE_TIMEOUTS,
+                idle_timeout * limits::ABANDONED_WATCH_IDLE_TIMEOUTS_MAX,
                 Instant::now(),
             ),
             queues: Mutex::new(None),

@@ -46,9 +46,13 @@ pub const PIPELINED_PER_CONNECTION_MAX: usize = 128;
 /// under 10 MiB however many connections pipeline at once.
 pub const PIPELINED_TOTAL_MAX: usize = 8_192;
 /// An abandoned connection is remembered (so its further requests are dropped or refused at
-/// once, never served) until none was dropped for this many idle timeouts; by then the idle
-/// timeout has closed it.
+/// once, never served) until none arrived for this many idle timeouts: by then the idle
+/// timeout has closed it, unless the client ignored the `Connection: close` it was sent.
 pub const ABANDONED_IDLE_TIMEOUTS: u32 = 2;
+/// ... and for this many idle timeouts at most (two minutes by default), however busy it
+/// stays: a client that keeps its port for new connections is then served again, and only a
+/// client that ignored `Connection: close` could still be on the connection it was sent on.
+pub const ABANDONED_WATCH_IDLE_TIMEOUTS_MAX: u32 = 8;
 /// Abandoned connections remembered at once, 1/16 of it in each shard of the table: at 96
 /// bytes an entry, the shards' hash tables peak near 12 MiB under a flood (tens of thousands
 /// a second, each remembered for up to four idle timeouts); past it, the quietest are
