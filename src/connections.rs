@@ -476,32 +476,27 @@ mod tests {
         let _ = table.admit(peer(1), 1, now);
         let _ = table.finish(peer(1), Err(Abandoned::FramingLost), now);
         let at = |secs| now + Duration::from_secs(secs);
-        // A client that goes on every 20 s stays refused past the forget period (30 s here)...
-        for secs in [20, 40, 60, 80, 100] {
-            assert!(matches!(
-                table.admit(peer(1), 2, at(secs)),
-                Admit::Refuse(2)
-            ));
-            let _ = table.finish(peer(1), Ok(()), at(secs));
-        }
+        // The client goes on every 20 s up to 100 s, refused each time; the last refused
+        // request is answered `last`.
+        let go_on = |port, last: Result<(), Abandoned>| {
+            for secs in [20, 40, 60, 80, 100] {
+                assert!(matches!(
+                    table.admit(peer(port), 2, at(secs)),
+                    Admit::Refuse(2)
+                ));
+                let answered = if secs == 100 { last } else { Ok(()) };
+                let _ = table.finish(peer(port), answered, at(secs));
+            }
+        };
+        // Refused past the forget period (30 s here)...
+        go_on(1, Ok(()));
         // ... until the watch (120 s here) ends: a client that keeps its port is served.
         assert!(matches!(table.admit(peer(1), 3, at(120)), Admit::Go(3)));
         let _ = table.finish(peer(1), Ok(()), at(120));
         // A refused request whose own end is unclear starts the watch over.
         let _ = table.admit(peer(2), 1, now);
         let _ = table.finish(peer(2), Err(Abandoned::FramingLost), now);
-        for secs in [20, 40, 60, 80, 100] {
-            assert!(matches!(
-                table.admit(peer(2), 2, at(secs)),
-                Admit::Refuse(2)
-            ));
-            let answered = if secs == 100 {
-                Err(Abandoned::FramingLost)
-            } else {
-                Ok(())
-            };
-            let _ = table.finish(peer(2), answered, at(secs));
-        }
+        go_on(2, Err(Abandoned::FramingLost));
         assert!(matches!(table.admit(peer(2), 3, at(125)), Admit::Refuse(3)));
     }
 
