@@ -827,6 +827,72 @@ fn work(edge: &Edge, jobs: Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cursor::Cursor;
+    use tiny_http::{Header, TestRequest};
+
+    /// An edge whose queues have no room (zero capacity, receivers held but never read), so
+    /// every request the acceptor routes finds its queue full.
+    fn edge_with_full_queues() -> (Arc<Edge>, Receiver<Job>, Receiver<StepRequest<Ticket>>) {
+        let published = Arc::new(Published::new(Cursor::at(5).expect("in range")));
+        let on_fatal = Box::new(|why: String| panic!("fatal: {why}"));
+        let edge = Edge::new(
+            published,
+            Arc::new(Metrics::new()),
+            false,
+            Duration::from_secs(15),
+            on_fatal,
+        );
+        let (work, work_rx) = bounded(0);
+        let (steps, steps_rx) = bounded(0);
+        *edge.queues.lock().expect("queues lock") = Some(Queues { work, steps });
+        (edge, work_rx, steps_rx)
+    }
+
+    fn get(path: &str, port: u16) -> Request {
+        let host = Header::from_bytes("Host", "localhost").expect("valid header");
+        TestRequest::new()
+            .with_path(path)
+            .with_header(host)
+            .with_remote_addr(SocketAddr::from(([127, 0, 0, 1], port)))
+            .into()
+    }
+
+    fn counted(edge: &Edge, route: &str, code: u16) -> bool {
+        let text = edge.metrics.render(edge.durable_index(), true, "test", 2);
+        text.contains(&format!(
+            "fibd_requests_total{{route=\"{route}\",code=\"{code}\"}} "
+        ))
+    }
+
+    #[test]
+    fn a_request_that_finds_its_queue_full_is_answered_503_and_counted_as_shed() {
+        let (edge, work_rx, steps_rx) = edge_with_full_queues();
+        dispatch(&edge, get("/current", 40_000));
+        dispatch(&edge, get("/next", 40_002));
+        assert_eq!(edge.metrics.requests_shed.load(Ordering::Relaxed), 2);
+        assert!(counted(&edge, "/current", 503), "the read's 503 is counted");
+        assert!(counted(&edge, "/next", 503), "the step's 503 is counted");
+        assert!(work_rx.is_empty() && steps_rx.is_empty());
+        assert_eq!(
+            edge.durable_index(),
+            5,
+            "a shed step never moves the cursor"
+        );
+
+        // The shed request was answered, so its connection has nothing in flight: the next
+        // request on it is routed (and shed again), not parked behind a reply that never comes.
+        dispatch(&edge, get("/current", 40_000));
+        assert_eq!(edge.metrics.requests_shed.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn a_request_routed_after_shutdown_closed_the_queues_is_answered_503_not_shed() {
+        let (edge, _work_rx, _steps_rx) = edge_with_full_queues();
+        edge.queues.lock().expect("queues lock").take();
+        dispatch(&edge, get("/fib/10", 40_004));
+        assert_eq!(edge.metrics.requests_shed.load(Ordering::Relaxed), 0);
+        assert!(counted(&edge, "/fib/{n}", 503));
+    }
 
     #[test]
     fn step_replies_spread_over_every_responder_even_from_even_ports() {
