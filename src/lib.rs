@@ -17,6 +17,8 @@ pub mod notify;
 pub mod nudger;
 pub mod probe;
 pub mod routes;
+#[cfg(test)]
+mod sim_disk;
 pub mod slot;
 pub mod state_file;
 pub mod state_owner;

@@ -86,6 +86,7 @@ impl StateFile {
             path: path.to_path_buf(),
             cause: Cause::Corrupt(err),
         })?;
+        settle(&file, &bytes, &recovered, path)?;
         let state = StateFile {
             file,
             path: path.to_path_buf(),
@@ -93,6 +94,49 @@ impl StateFile {
         };
         Ok((state, recovered))
     }
+}
+
+#[cfg(test)]
+impl<F> StateFile<F> {
+    /// A state file over `file`, whose newest slot holds `sequence`: for tests, which bring a
+    /// file of their own.
+    pub(crate) fn over(file: F, sequence: u64) -> StateFile<F> {
+        StateFile {
+            file,
+            path: PathBuf::from("simulated/fibd.state"),
+            sequence,
+        }
+    }
+}
+
+/// Makes the recovered slot durable before anything is served from it or written beside it.
+///
+/// The bytes just read came from the page cache, not necessarily from the disk. A process
+/// that died between a commit's write and its fdatasync (killed, or exiting because that
+/// fdatasync failed) leaves the slot in the cache only, and a restart finds it there: serving
+/// it would show a state a power cut can take back, and the first commit would overwrite the
+/// other slot, which may be the only one on disk. An fdatasync covers a slot still dirty in
+/// the cache. After a failed fdatasync, though, Linux may have marked the page clean without
+/// writing it, leaving a later fdatasync nothing to write; so when the other slot is valid too,
+/// the recovered slot is first written again, byte for byte. Should that write tear, the other
+/// slot is the fallback, and it holds everything acknowledged, since a step is acknowledged
+/// only after its own slot was synced. A lone valid slot is not rewritten: a torn rewrite
+/// would leave no valid slot at all, and a lone slot was read from the disk (its neighbour is
+/// damaged on the disk, or the file is new and was synced before it got its name).
+fn settle<F: SlotFile>(
+    file: &F,
+    bytes: &[u8],
+    recovered: &Recovered,
+    path: &Path,
+) -> Result<(), Error> {
+    if recovered.other_slot_error.is_none() {
+        let offset = slot::offset_of(recovered.slot.sequence);
+        let start = usize::try_from(offset).expect("a slot offset fits in memory");
+        file.write_slot(&bytes[start..start + slot::SLOT_BYTES], offset)
+            .map_err(|e| Error::io(Operation::Write, path, e))?;
+    }
+    file.sync_data()
+        .map_err(|e| Error::io(Operation::Sync, path, e))
 }
 
 impl<F: SlotFile> Storage for StateFile<F> {
@@ -162,6 +206,7 @@ fn write_new(temp: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sim_disk::SimDisk;
     use std::os::unix::fs::PermissionsExt;
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -246,6 +291,74 @@ mod tests {
         assert_eq!(err.operation, Operation::Sync);
         assert!(err.to_string().contains("/x/fibd.state"), "{err}");
         assert_eq!(state.sequence, 9, "a failed commit is not counted");
+    }
+
+    /// The file as a commit of `index` at `sequence` leaves it in the page cache, before its
+    /// fdatasync: on a disk that held `durable_index` at the sequence before.
+    fn unsynced_commit(durable_index: u64, index: u64, sequence: u64) -> SimDisk {
+        let disk = SimDisk::new(&slot::initial_file());
+        let mut state = StateFile::over(disk.clone(), 1);
+        while state.sequence + 1 < sequence {
+            state.commit(Cursor::at(durable_index).unwrap()).unwrap();
+        }
+        let slot = Slot {
+            sequence,
+            cursor: Cursor::at(index).unwrap(),
+        };
+        disk.write_slot(&slot::encode(slot), slot::offset_of(sequence))
+            .unwrap();
+        disk
+    }
+
+    #[test]
+    fn a_restart_makes_the_slot_it_recovered_durable_before_serving_it() {
+        // Killed between a commit's write and its fdatasync, the slot is dirty in the cache;
+        // after a failed fdatasync Linux may instead have marked it clean, never written.
+        for marked_clean in [false, true] {
+            let disk = unsynced_commit(4, 5, 9);
+            if marked_clean {
+                disk.mark_clean();
+            }
+            let bytes = disk.cache();
+            let recovered = slot::recover(&bytes).unwrap();
+            assert_eq!(
+                recovered.slot.cursor.index(),
+                5,
+                "the restart reads the cache"
+            );
+            let on_platter = slot::recover(&disk.platter()).unwrap().slot;
+            assert_eq!(on_platter.cursor.index(), 4, "the test's premise");
+
+            settle(&disk, &bytes, &recovered, Path::new("sim/fibd.state")).unwrap();
+            let on_platter = slot::recover(&disk.platter()).unwrap().slot;
+            assert_eq!(
+                on_platter, recovered.slot,
+                "what is served after a restart is on the disk (marked clean: {marked_clean})"
+            );
+        }
+    }
+
+    #[test]
+    fn a_lone_valid_slot_is_synced_but_never_rewritten() {
+        let mut file = slot::initial_file();
+        file[..slot::SLOT_BYTES].fill(0xAB); // slot 0 damaged on the disk
+        let disk = SimDisk::new(&file);
+        let recovered = slot::recover(&file).unwrap();
+        assert!(recovered.other_slot_error.is_some());
+        settle(&disk, &file, &recovered, Path::new("sim/fibd.state")).unwrap();
+        assert_eq!(disk.writes(), 0, "a torn rewrite would leave no valid slot");
+        assert_eq!(disk.platter(), file);
+    }
+
+    #[test]
+    fn a_failed_settle_is_an_error_naming_the_file() {
+        let disk = unsynced_commit(4, 5, 9);
+        disk.cut_power_after(1); // the rewrite goes through, its fdatasync fails
+        let bytes = disk.cache();
+        let recovered = slot::recover(&bytes).unwrap();
+        let err = settle(&disk, &bytes, &recovered, Path::new("sim/fibd.state")).unwrap_err();
+        assert_eq!(err.operation, Operation::Sync);
+        assert!(err.to_string().contains("sim/fibd.state"), "{err}");
     }
 
     #[test]

@@ -157,6 +157,9 @@ mod tests {
     use super::*;
     use crate::error::Operation;
     use crate::fib;
+    use crate::sim_disk::{Dice, SimDisk};
+    use crate::slot;
+    use crate::state_file::StateFile;
     use crossbeam_channel::bounded;
     use std::io;
 
@@ -282,6 +285,56 @@ mod tests {
         assert_eq!(delivered[0].1, Outcome::Bound(Bound::AtEnd));
         assert_eq!(delivered[1].1, Outcome::Stepped(end - 1));
         assert_eq!(index, end - 1);
+    }
+
+    #[test]
+    fn a_power_cut_at_any_point_keeps_every_acknowledged_step() {
+        const STEPS: usize = 40;
+        let mut dice = Dice(0x9E37_79B9_7F4A_7C15);
+        for round in 0..500 {
+            let disk = SimDisk::new(&slot::initial_file());
+            // Each commit is a write and an fdatasync; some rounds keep the power on.
+            disk.cut_power_after(dice.below(2 * STEPS + 4));
+            let batch_ops_max = 1 + dice.below(8);
+            let (tx, rx) = bounded(STEPS);
+            for ticket in 0..STEPS {
+                tx.send(StepRequest {
+                    step: Step::Next,
+                    ticket,
+                })
+                .unwrap();
+            }
+            drop(tx);
+            // Every step is a `Next` from F(0), so a step's index counts the steps before it,
+            // and a state holds a step exactly when its index is at least the step's.
+            let mut acknowledged = 0;
+            run(
+                StateFile::over(disk.clone(), 1),
+                &Published::new(Cursor::START),
+                &Metrics::new(),
+                rx,
+                batch_ops_max,
+                |_, outcome| {
+                    if let Outcome::Stepped(index) = outcome {
+                        let on_platter = slot::recover(&disk.platter()).unwrap().slot;
+                        assert!(
+                            on_platter.cursor.index() >= index,
+                            "round {round}: step to {index} acknowledged before it was durable"
+                        );
+                        acknowledged = index;
+                    }
+                },
+                |_| {},
+            );
+            let after = disk.after_power_cut(|n| dice.below(n));
+            let recovered = slot::recover(&after)
+                .unwrap_or_else(|e| panic!("round {round}: nothing to recover: {e}"));
+            assert!(
+                recovered.slot.cursor.index() >= acknowledged,
+                "round {round}: recovered {} after acknowledging {acknowledged}",
+                recovered.slot.cursor.index()
+            );
+        }
     }
 
     #[test]
