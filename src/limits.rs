@@ -131,6 +131,11 @@ pub const QUEUED_NUDGES_PER_ROUND_MAX: usize = 64;
 /// can serve a connection, so the nudger counts them when it estimates queued connections.
 pub const TINY_HTTP_POOL_MIN_THREADS: usize = 4;
 
+/// Names tried for the private temporary file a new state file is built in. Each name is
+/// fresh (process id and clock), so a clash means another process is creating the file at the
+/// same moment; a few tries get past that, and more would only hide a directory gone wrong.
+pub const TEMP_NAME_ATTEMPTS_MAX: u32 = 8;
+
 /// After SIGTERM, the process exits by this time even if some client is slow to take its
 /// last reply; every acknowledged step is already durable, so nothing is lost by leaving.
 pub const SHUTDOWN_GRACE_MS: u64 = 1_500;

@@ -282,5 +282,18 @@ fn serve(config: Config) -> ExitCode {
             ],
         ),
     }
+    // A failure while draining (a commit of the last steps failing, say) still ends the
+    // process non-zero: a supervisor that restarts only failed services must see it.
+    let failed_while_draining = events_rx.try_iter().find_map(|event| match event {
+        Event::Fatal(what, reason) => Some((what, reason)),
+        Event::Signal => None,
+    });
+    if let Some((what, reason)) = failed_while_draining {
+        log::error(
+            "failed_while_stopping",
+            &[("reason", &what), ("detail", &reason)],
+        );
+        return ExitCode::FAILURE;
+    }
     code
 }

@@ -5,9 +5,11 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::cursor::Cursor;
 use crate::error::{Cause, Error, Operation};
+use crate::limits;
 use crate::slot::{self, Recovered, Slot};
 
 /// Where committed cursors go. The state owner is generic over it so tests can inject faults.
@@ -141,8 +143,13 @@ fn settle<F: SlotFile>(
 
 impl<F: SlotFile> Storage for StateFile<F> {
     fn commit(&mut self, cursor: Cursor) -> Result<(), Error> {
-        // The sequence number only ever grows; u64 cannot wrap at any real commit rate.
-        let sequence = self.sequence + 1;
+        // The sequence number only ever grows, and cannot run out at any real commit rate;
+        // only a file made by hand could hold the last one, and wrapping to 0 would make every
+        // later commit lose to it on recovery.
+        let Some(sequence) = self.sequence.checked_add(1) else {
+            let exhausted = io::Error::other("the sequence number is at its maximum");
+            return Err(Error::io(Operation::Write, &self.path, exhausted));
+        };
         let bytes = slot::encode(Slot { sequence, cursor });
         self.file
             .write_slot(&bytes, slot::offset_of(sequence))
@@ -172,10 +179,28 @@ fn create(path: &Path) -> Result<(), Error> {
             io::Error::new(io::ErrorKind::InvalidInput, "the path names no file"),
         )
     })?;
-    let mut temp_name = file_name.to_os_string();
-    temp_name.push(format!(".new.{}", std::process::id()));
-    let temp = directory_of(path).join(temp_name);
-    let result = write_new(&temp).and_then(|()| match fs::hard_link(&temp, path) {
+    // The name must be fresh, not just per process: two containers sharing a volume can both
+    // run as pid 1, and one truncating the other's temporary file after it was linked into
+    // place would erase a live state file. `write_new` never opens an existing file.
+    let mut attempt = 0;
+    let (temp, written) = loop {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.subsec_nanos());
+        let mut temp_name = file_name.to_os_string();
+        temp_name.push(format!(".new.{}.{nanos}", std::process::id()));
+        let temp = directory_of(path).join(temp_name);
+        match write_new(&temp) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                attempt += 1;
+                if attempt == limits::TEMP_NAME_ATTEMPTS_MAX {
+                    return Err(Error::io(Operation::Create, path, e));
+                }
+            }
+            written => break (temp, written),
+        }
+    };
+    let result = written.and_then(|()| match fs::hard_link(&temp, path) {
         // Another server created it first; its file is as good as ours.
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         other => other,
@@ -194,8 +219,7 @@ fn directory_of(path: &Path) -> PathBuf {
 fn write_new(temp: &Path) -> io::Result<()> {
     let file = OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         // The state is nobody else's business: owner read/write only.
         .mode(0o600)
         .open(temp)?;
@@ -293,6 +317,18 @@ mod tests {
         assert_eq!(state.sequence, 9, "a failed commit is not counted");
     }
 
+    #[test]
+    fn the_last_sequence_number_is_refused_not_wrapped() {
+        let mut state = StateFile {
+            file: Recorder::default(),
+            path: PathBuf::from("/x/fibd.state"),
+            sequence: u64::MAX,
+        };
+        let err = state.commit(Cursor::at(3).unwrap()).unwrap_err();
+        assert_eq!(err.operation, Operation::Write);
+        assert!(state.file.calls.borrow().is_empty(), "nothing was written");
+    }
+
     /// The file as a commit of `index` at `sequence` leaves it in the page cache, before its
     /// fdatasync: on a disk that held `durable_index` at the sequence before.
     fn unsynced_commit(durable_index: u64, index: u64, sequence: u64) -> SimDisk {
@@ -359,6 +395,17 @@ mod tests {
         let err = settle(&disk, &bytes, &recovered, Path::new("sim/fibd.state")).unwrap_err();
         assert_eq!(err.operation, Operation::Sync);
         assert!(err.to_string().contains("sim/fibd.state"), "{err}");
+    }
+
+    #[test]
+    fn a_new_file_is_never_written_over_an_existing_one() {
+        let dir = temp_dir("create-new");
+        let taken = dir.join("fibd.state.new.1");
+        fs::write(&taken, b"someone else's").unwrap();
+        let err = write_new(&taken).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&taken).unwrap(), b"someone else's");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
