@@ -338,6 +338,20 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_commit_answers_its_whole_batch_unavailable_bounds_included() {
+        // One batch: a bound (judged at F(0)) and two steps, whose commit fails.
+        let steps = [Step::Previous, Step::Next, Step::Next];
+        let (delivered, commits, index, healthy, failures) = run_steps(&steps, 0, 8, 0);
+        assert_eq!(
+            delivered,
+            [0, 1, 2].map(|ticket| (ticket, Outcome::Unavailable)),
+            "no outcome of a batch that never reached the disk is claimed"
+        );
+        assert!(commits.is_empty());
+        assert_eq!((index, healthy, failures), (0, false, 1));
+    }
+
+    #[test]
     fn a_failed_commit_answers_unavailable_and_stops_writing() {
         let steps = [Step::Next, Step::Next, Step::Next];
         let (delivered, commits, index, healthy, failures) = run_steps(&steps, 0, 1, 1);
