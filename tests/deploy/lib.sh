@@ -216,7 +216,8 @@ _debootstrap_root() {
 
 SYSTEMD_RECIPE="minbase $SUITE systemd,systemd-sysv,curl v1"
 SYSTEMD_IMAGE="localhost/fibd-test-systemd:$(recipe_key "$SYSTEMD_RECIPE")"
-OPENRC_RECIPE="minbase $SUITE openrc,procps,curl v1"
+OPENRC_PACKAGES=openrc,procps,curl
+OPENRC_RECIPE="minbase $SUITE $OPENRC_PACKAGES v1"
 OPENRC_ROOT="$CACHE/openrc-$(recipe_key "$OPENRC_RECIPE")"
 
 _build_systemd_image() {
@@ -236,7 +237,7 @@ _build_systemd_image() {
 
 _build_openrc_root() {
     [ -d "$OPENRC_ROOT" ] && return 0
-    _debootstrap_root "$OPENRC_ROOT" openrc,procps,curl
+    _debootstrap_root "$OPENRC_ROOT" "$OPENRC_PACKAGES"
     # Roots of older recipes are dead weight.
     local old
     for old in "$CACHE"/openrc-*; do
@@ -247,19 +248,11 @@ _build_openrc_root() {
 ensure_systemd_image() { with_cache_lock systemd _build_systemd_image; }
 ensure_openrc_root() { with_cache_lock openrc _build_openrc_root; }
 
-# openrc_root DIR PORT: a private copy of the cached OpenRC root at DIR, with
-# a stand-in network service (fibd's depend() needs net, which on a real host
-# comes from networking or similar).
+# openrc_root DIR: a private copy of the cached OpenRC root at DIR. Like Debian
+# with ifupdown, nothing in it provides "net" (fibd's depend() only uses it).
 openrc_root() {
     local dir=$1
     cp -a "$OPENRC_ROOT" "$dir"
-    cat >"$dir/etc/init.d/testnet" <<'EOS'
-#!/sbin/openrc-run
-description="stand-in for the network, for the tests"
-depend() { provide net; }
-start() { return 0; }
-EOS
-    chmod 0755 "$dir/etc/init.d/testnet"
     mkdir -p "$dir/etc/conf.d"
 }
 
