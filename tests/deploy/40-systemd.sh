@@ -4,8 +4,8 @@
 # init/systemd/fibd.service under a real systemd (PID 1 of a container booted
 # from a debootstrap'd Debian): verify and security pass, it runs as the fibd
 # user with its limits and state directory, systemd restarts it after kill -9
-# with the state intact, repeated crashes never leave it dead, and stop is
-# clean.
+# with the state intact, repeated crashes never leave it dead, a state file
+# restored as root is given back to fibd, and stop is clean.
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -120,6 +120,23 @@ fi
 check_eq "state survives the crash loop (index 5)" "$(http "$base/current" || true)" "$(fib 5)" || true
 check "logs reach the journal" sh -c \
     "podman --runtime runc --cgroup-manager cgroupfs exec $name journalctl -u fibd.service --no-pager | grep -q 'event=start'" || true
+
+# The runbook's restore, done carelessly: a state file copied in by root is
+# root's, and fibd could not open it ("Permission denied" at every restart).
+# The unit's privileged ExecStartPre gives it back to fibd.
+ex systemctl stop fibd.service
+ex sh -c 'cp /var/lib/fibd/fibd.state /root/backup && cp /root/backup /var/lib/fibd/fibd.state &&
+    chown root:root /var/lib/fibd/fibd.state'
+# (Without the fix, start fails: fibd exits before READY=1.)
+ex systemctl start fibd.service 2>/dev/null || true
+if wait_ready "$base" 20; then
+    pass "starts from a state file restored as root"
+else
+    fail "starts from a state file restored as root" \
+        "$(ex journalctl -u fibd.service --no-pager -n 3 2>&1 | tr '\n' ' ')"
+fi
+check_eq "the restored state file is fibd's again" "$(ex stat -c '%U' /var/lib/fibd/fibd.state)" fibd || true
+check_eq "the restored state is served (index 5)" "$(http "$base/current" || true)" "$(fib 5)" || true
 
 ex systemctl stop fibd.service
 check_eq "stops cleanly (Result, exit status)" \
