@@ -15,12 +15,15 @@
 #                   new install 0.0.0.0:8080; an existing config is kept
 #                   unless this is given)
 #   --init NAME     service manager to use instead of detecting it
-#   --uninstall     stop and remove the service, binary, config and user; the
+#   --uninstall     stop and remove the service, binaries, config and user; the
 #                   state in /var/lib/fibd (and OpenRC logs) are kept
 #   --purge         with --uninstall (or alone): also delete the state and logs
 #
 # Running it again upgrades in place: the binary and service files are
-# replaced and the service restarted, while the state and config are kept.
+# replaced and the service restarted, while the state and config are kept. The
+# replaced binary is kept as /usr/local/bin/fibd.prev; to roll back, run
+#   install.sh --binary /usr/local/bin/fibd.prev
+# (which swaps the two).
 #
 # POSIX sh, so it also runs under busybox (Alpine) for OpenRC hosts.
 set -eu
@@ -33,6 +36,7 @@ UNIT=/etc/systemd/system/fibd.service
 ENV_FILE=/etc/default/fibd
 INITD=/etc/init.d/fibd
 CONFD=/etc/conf.d/fibd
+LOGROTATE=/etc/logrotate.d/fibd
 DEFAULT_LISTEN=0.0.0.0:8080
 READY_TIMEOUT=${FIBD_INSTALL_READY_TIMEOUT:-30}
 
@@ -153,12 +157,12 @@ uninstall() {
     if [ -f "$INITD" ]; then
         rc-service fibd stop >/dev/null 2>&1 || true
         rc-update del fibd default >/dev/null 2>&1 || true
-        rm -f "$INITD" "$CONFD"
-        say "stopped and removed the OpenRC service and $CONFD"
+        rm -f "$INITD" "$CONFD" "$LOGROTATE"
+        say "stopped and removed the OpenRC service, $CONFD and $LOGROTATE"
     fi
-    if [ -e "$BIN" ]; then
-        rm -f "$BIN"
-        say "removed $BIN"
+    if [ -e "$BIN" ] || [ -e "$BIN.prev" ]; then
+        rm -f "$BIN" "$BIN.prev"
+        say "removed $BIN and $BIN.prev"
     fi
     remove_user
     if [ "$purge" = yes ]; then
@@ -223,6 +227,13 @@ install_binary() {
     cp "$src_bin" "$BIN.new"
     chown 0:0 "$BIN.new"
     chmod 0755 "$BIN.new"
+    # Keep the binary being replaced as $BIN.prev for a rollback, unless it is
+    # the same file (a rerun must not lose the real previous version). Copied
+    # to .new first, so --binary $BIN.prev swaps the two.
+    if [ -f "$BIN" ] && ! cmp -s "$BIN.new" "$BIN"; then
+        ln -f "$BIN" "$BIN.prev"
+        say "kept the previous binary ($old_version) as $BIN.prev"
+    fi
     mv -f "$BIN.new" "$BIN"
     say "installed $BIN ($old_version -> $new_version)"
 }
@@ -271,6 +282,14 @@ install_openrc() {
     install -m 0755 "$init_dir/openrc/fibd" "$INITD"
     say "installed $INITD"
     write_config "$CONFD" "$init_dir/openrc/fibd.confd"
+    # supervise-daemon appends fibd's log to one file forever; rotate it where
+    # logrotate is installed.
+    if [ -d "$(dirname "$LOGROTATE")" ]; then
+        install -m 0644 "$init_dir/openrc/fibd.logrotate" "$LOGROTATE"
+        say "installed $LOGROTATE"
+    else
+        say "no $(dirname "$LOGROTATE"): $LOG_DIR/fibd.log will not be rotated"
+    fi
     if ! rc-update show default 2>/dev/null | grep -q '^ *fibd '; then
         rc-update add fibd default >/dev/null
     fi
@@ -359,3 +378,10 @@ fi
 wait_ready
 say "done: fibd runs under $init as user $SVC_USER, listening on $listen;" \
     "state in $STATE_DIR, settings in $config_file"
+case ${listen%:*} in
+    0.0.0.0 | '[::]' | '')
+        say "note: fibd listens on all interfaces and has no authentication: anyone" \
+            "who can reach port ${listen##*:} can move the cursor. Restrict it with" \
+            "--listen 127.0.0.1:${listen##*:} (or a private address) or a firewall."
+        ;;
+esac

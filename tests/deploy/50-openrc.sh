@@ -7,8 +7,8 @@
 # /etc/conf.d/fibd, passes its health checks on an address other than
 # 127.0.0.1, runs as fibd, is respawned after kill -9 with the state intact
 # (more often than supervise-daemon's default limit of 10 allows), logs to
-# /var/log/fibd, stops cleanly, and starts again from a state file restored
-# as root.
+# /var/log/fibd (rotated by the shipped logrotate snippet), stops cleanly, and
+# starts again from a state file restored as root.
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -145,4 +145,20 @@ fi
 check_eq "the restored state file is 0600 fibd again" "$(inns stat -c '%a %U' /var/lib/fibd/fibd.state)" "600 fibd" || true
 check_eq "the restored state is served (index 5)" "$(http "$base/current" || true)" "$(fib 5)" || true
 
+# The shipped logrotate snippet rotates the log while supervise-daemon holds
+# it open (copytruncate): the old lines move to fibd.log.1, and fibd's next
+# lines land at the start of the emptied fibd.log, not after a hole.
+inns install -m 0644 /dev/stdin /etc/logrotate.d/fibd <"$REPO/init/openrc/fibd.logrotate"
+rc=0
+out=$(inns logrotate --force --state /root/logrotate.state /etc/logrotate.d/fibd 2>&1) || rc=$?
+pid=$(child 2>/dev/null || true)
+inns kill -9 "$pid"
+wait_for 20 came_back "$pid" || true
+if [ "$rc" = 0 ] && grep -q 'event=start' "$root/var/log/fibd/fibd.log.1" &&
+    head -c 200 "$root/var/log/fibd/fibd.log" | grep -q '^ts=.*event=start'; then
+    pass "logrotate rotates the log in place (copytruncate)"
+else
+    fail "logrotate rotates the log in place (copytruncate)" \
+        "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ') log: $(head -c 100 "$root/var/log/fibd/fibd.log" | tr -d '\0' | tr '\n' ' ')"
+fi
 inns rc-service fibd stop >/dev/null 2>&1 || true

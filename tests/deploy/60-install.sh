@@ -5,7 +5,8 @@
 #   scp -r fibd scripts/install.sh init HOST:
 # on a systemd host (a container booted with systemd) and on an OpenRC host (a
 # namespace over a Debian root with OpenRC): a first install, a second run that
-# upgrades in place keeping state and config, --uninstall keeping the state, a
+# upgrades in place keeping state and config, an upgrade that keeps the old
+# binary as fibd.prev and a rollback to it, --uninstall keeping the state, a
 # reinstall that picks the kept state up, and --purge.
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -156,13 +157,40 @@ openrc_host() {
     fi
     wait_ready "$base" 10 || true
     check_eq "OpenRC: upgrade keeps the state (index 3)" "$(http "$base/current" || true)" "$(fib 3)" || true
+    check "OpenRC: logrotate snippet installed (/etc/logrotate.d exists)" \
+        cmp "$REPO/init/openrc/fibd.logrotate" "$root/etc/logrotate.d/fibd" || true
+    check "OpenRC: rerunning with the same binary makes no fibd.prev" \
+        test ! -e "$root/usr/local/bin/fibd.prev" || true
+
+    # An upgrade to another build keeps the replaced binary for a rollback, and
+    # installing fibd.prev rolls back (swapping the two).
+    cp "$upload/fibd" "$root/root/upload/fibd-next"
+    printf 'another build\n' >>"$root/root/upload/fibd-next"
+    rc=0
+    out=$(run_install --binary ./fibd-next 2>&1) || rc=$?
+    if [ "$rc" = 0 ] && cmp -s "$root/root/upload/fibd-next" "$root/usr/local/bin/fibd" &&
+        cmp -s "$upload/fibd" "$root/usr/local/bin/fibd.prev"; then
+        pass "OpenRC: an upgrade keeps the replaced binary as /usr/local/bin/fibd.prev"
+    else
+        fail "OpenRC: an upgrade keeps the replaced binary as fibd.prev" "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+    fi
+    rc=0
+    out=$(run_install --binary /usr/local/bin/fibd.prev 2>&1) || rc=$?
+    if [ "$rc" = 0 ] && cmp -s "$upload/fibd" "$root/usr/local/bin/fibd" &&
+        cmp -s "$root/root/upload/fibd-next" "$root/usr/local/bin/fibd.prev" && wait_ready "$base" 10; then
+        pass "OpenRC: install.sh --binary /usr/local/bin/fibd.prev rolls back"
+    else
+        fail "OpenRC: install.sh --binary /usr/local/bin/fibd.prev rolls back" "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+    fi
+    check_eq "OpenRC: rollback keeps the state (index 3)" "$(http "$base/current" || true)" "$(fib 3)" || true
 
     rc=0
     out=$(run_install --uninstall 2>&1) || rc=$?
     if [ "$rc" = 0 ] && [ ! -e "$root/etc/init.d/fibd" ] && [ ! -e "$root/etc/runlevels/default/fibd" ] &&
-        [ ! -e "$root/usr/local/bin/fibd" ] && ! grep -q '^fibd:' "$root/etc/passwd" &&
+        [ ! -e "$root/usr/local/bin/fibd" ] && [ ! -e "$root/usr/local/bin/fibd.prev" ] &&
+        [ ! -e "$root/etc/logrotate.d/fibd" ] && ! grep -q '^fibd:' "$root/etc/passwd" &&
         ! curl -fsS -o /dev/null --max-time 2 "$base/healthz" 2>/dev/null; then
-        pass "OpenRC: --uninstall stops and removes service, binary and user"
+        pass "OpenRC: --uninstall stops and removes service, binaries, logrotate snippet and user"
     else
         fail "OpenRC: --uninstall stops and removes service, binary and user" "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
     fi

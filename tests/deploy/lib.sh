@@ -216,7 +216,9 @@ _debootstrap_root() {
 
 SYSTEMD_RECIPE="minbase $SUITE systemd,systemd-sysv,curl v1"
 SYSTEMD_IMAGE="localhost/fibd-test-systemd:$(recipe_key "$SYSTEMD_RECIPE")"
-OPENRC_PACKAGES=openrc,procps,curl
+# logrotate (and cron, the alternative of its dependency we want) so that the shipped
+# logrotate snippet is installed and run as on a real host.
+OPENRC_PACKAGES=openrc,procps,curl,logrotate,cron
 OPENRC_RECIPE="minbase $SUITE $OPENRC_PACKAGES v1"
 OPENRC_ROOT="$CACHE/openrc-$(recipe_key "$OPENRC_RECIPE")"
 
