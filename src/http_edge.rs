@@ -699,14 +699,15 @@ fn dispatch(edge: &Edge, request: Request) {
     let arrived = Instant::now();
     let peer = request.remote_addr().copied();
     // One pass over the headers for everything routing needs.
-    let (mut accept, mut transfer_encoded, mut has_host, mut header_bytes) =
-        (None, false, false, 0);
+    let mut accept = routes::Accept::default();
+    let (mut transfer_encoded, mut has_host, mut header_bytes) = (false, false, 0);
     let (mut connection, mut expects) = (None, false);
     let (mut content_length, mut length_ambiguous) = (None, false);
     for header in request.headers() {
         header_bytes += header.field.as_str().as_str().len() + header.value.as_str().len();
         if header.field.equiv("Accept") {
-            accept = Some(header.value.as_str());
+            // Every Accept field counts, as one list (RFC 9110, 5.3).
+            accept.add(header.value.as_str());
         } else if header.field.equiv("Transfer-Encoding") {
             transfer_encoded = true;
         } else if header.field.equiv("Host") {
@@ -730,7 +731,7 @@ fn dispatch(edge: &Edge, request: Request) {
         http_response::connection_persists((version.0, version.1), connection) && !framing_lost;
     let upgrade = connection.is_some_and(|value| routes::contains_ignore_case(value, "upgrade"));
     let body_unread = body_left_unread(body_length, expects, upgrade);
-    let format = Format::from_accept(accept);
+    let format = accept.format();
     let has_body = transfer_encoded || body_length.is_some_and(|len| len > 0);
     let head = routes::Head {
         target_bytes: request.url().len(),

@@ -25,12 +25,13 @@ pub enum Format {
 }
 
 impl Format {
-    /// JSON when the `Accept` header names `application/json`, plain text otherwise.
+    /// The format one `Accept` header value asks for (`Accept::format`); plain text without one.
     pub fn from_accept(accept: Option<&str>) -> Format {
-        match accept {
-            Some(value) if contains_ignore_case(value, "application/json") => Format::Json,
-            _ => Format::Text,
+        let mut negotiation = Accept::default();
+        if let Some(value) = accept {
+            negotiation.add(value);
         }
+        negotiation.format()
     }
 
     /// The `Content-Type` of an answer in this format.
@@ -40,6 +41,182 @@ impl Format {
             Format::Json => "application/json",
             Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
         }
+    }
+}
+
+/// Content negotiation between the two formats fibd answers in, over every `Accept` header
+/// field of a request (RFC 9110, 12.5.1). Several fields count as one comma-separated list
+/// (RFC 9110, 5.3), so each is `add`ed in the order received; `format` then decides.
+///
+/// Each format takes the weight (q) of the most specific media range that matches it:
+/// `application/json` or `text/plain` by name (ASCII case ignored, parameters other than q
+/// not compared), else `application/*` or `text/*`, else `*/*`. Among equally specific ranges
+/// the highest q counts. JSON is answered when its q is above 0 and at least text's; on equal
+/// q, the format named more specifically wins, then the one listed first, so that
+/// `application/json, text/plain` and `application/json, */*` get JSON while `*/*` (curl's
+/// default) and `*/*;q=0.8` (a browser's) get text. Otherwise, and with no Accept header, text.
+///
+/// An element that is not a media range, or whose q is not a qvalue (0 to 1 with at most three
+/// decimals, RFC 9110 12.4.2), is ignored: a preference that cannot be read is not guessed at.
+/// The scan is one pass over the bytes and allocates nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Accept {
+    /// Elements seen so far, over every field: an element's position breaks ties.
+    elements: usize,
+    json: Option<Rating>,
+    text: Option<Rating>,
+}
+
+/// How one media range rates a format: the range's specificity (1 for `*/*`, 2 for `type/*`,
+/// 3 for a full type), its weight in thousandths, and its position in the list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Rating {
+    specificity: u8,
+    q: u16,
+    position: usize,
+}
+
+impl Accept {
+    /// Adds the elements of one `Accept` field value.
+    pub fn add(&mut self, value: &str) {
+        for element in SplitOutsideQuotes::new(value, b',') {
+            let position = self.elements;
+            self.elements += 1;
+            let Some((media_type, subtype, q)) = media_range(element) else {
+                continue;
+            };
+            let specificity = |ty: &str, sub: &str| match (media_type, subtype) {
+                ("*", "*") => Some(1),
+                (t, "*") if t.eq_ignore_ascii_case(ty) => Some(2),
+                (t, s) if t.eq_ignore_ascii_case(ty) && s.eq_ignore_ascii_case(sub) => Some(3),
+                _ => None,
+            };
+            for (slot, ty, sub) in [
+                (&mut self.json, "application", "json"),
+                (&mut self.text, "text", "plain"),
+            ] {
+                let Some(specificity) = specificity(ty, sub) else {
+                    continue;
+                };
+                let rating = Rating {
+                    specificity,
+                    q,
+                    position,
+                };
+                // The most specific range counts; among equals the highest q, then the first.
+                if slot.is_none_or(|kept| (specificity, q) > (kept.specificity, kept.q)) {
+                    *slot = Some(rating);
+                }
+            }
+        }
+    }
+
+    /// The format to answer in.
+    pub fn format(&self) -> Format {
+        let Some(json) = self.json.filter(|json| json.q > 0) else {
+            return Format::Text;
+        };
+        let Some(text) = self.text else {
+            return Format::Json;
+        };
+        // Higher q first, then the more specific range, then the earlier one (a lower
+        // position ranks higher); a single range that rates both (`*/*`) leaves text.
+        let rank = |r: Rating| (r.q, r.specificity, std::cmp::Reverse(r.position));
+        if rank(json) > rank(text) {
+            Format::Json
+        } else {
+            Format::Text
+        }
+    }
+}
+
+/// The type, subtype and weight (in thousandths) of one element of an Accept list, or `None`
+/// when it is not a media range or its weight is not a qvalue. Parameters other than q are
+/// skipped unread, as is anything after q (RFC 7231's accept-ext).
+fn media_range(element: &str) -> Option<(&str, &str, u16)> {
+    let mut parts = SplitOutsideQuotes::new(element, b';');
+    let range = parts.next()?.trim_matches(OWS);
+    let (media_type, subtype) = range.split_once('/')?;
+    let token = |s: &str| !s.is_empty() && s.bytes().all(is_tchar);
+    if !token(media_type) || !token(subtype) || (media_type == "*" && subtype != "*") {
+        return None;
+    }
+    for parameter in parts {
+        let Some((name, value)) = parameter.split_once('=') else {
+            continue;
+        };
+        if name.trim_matches(OWS).eq_ignore_ascii_case("q") {
+            return Some((media_type, subtype, qvalue(value.trim_matches(OWS))?));
+        }
+    }
+    Some((media_type, subtype, 1000))
+}
+
+/// A qvalue (RFC 9110, 12.4.2: `0` to `1` with at most three decimals) in thousandths.
+fn qvalue(value: &str) -> Option<u16> {
+    let (whole, decimals) = value.split_once('.').unwrap_or((value, ""));
+    if decimals.len() > 3 || !decimals.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut thousandths = 0u16;
+    for place in 0..3 {
+        let digit = decimals
+            .as_bytes()
+            .get(place)
+            .map_or(0, |b| u16::from(b - b'0'));
+        thousandths = thousandths * 10 + digit;
+    }
+    match whole {
+        "0" => Some(thousandths),
+        "1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+/// Optional white space, RFC 9110's OWS.
+const OWS: &[char] = &[' ', '\t'];
+
+/// RFC 9110's `tchar`, the characters of a token.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The pieces of `text` between `delimiter`s that are not inside a quoted string (where a
+/// backslash escapes the next character), so that `a;b="x,y", c` splits on its one real comma.
+struct SplitOutsideQuotes<'a> {
+    rest: Option<&'a str>,
+    delimiter: u8,
+}
+
+impl<'a> SplitOutsideQuotes<'a> {
+    fn new(text: &'a str, delimiter: u8) -> Self {
+        SplitOutsideQuotes {
+            rest: Some(text),
+            delimiter,
+        }
+    }
+}
+
+impl<'a> Iterator for SplitOutsideQuotes<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let text = self.rest?;
+        let (mut quoted, mut escaped) = (false, false);
+        for (i, b) in text.bytes().enumerate() {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' if quoted => escaped = true,
+                b'"' => quoted = !quoted,
+                _ if b == self.delimiter && !quoted => {
+                    self.rest = Some(&text[i + 1..]);
+                    return Some(&text[..i]);
+                }
+                _ => {}
+            }
+        }
+        self.rest = None;
+        Some(text)
     }
 }
 
@@ -741,12 +918,99 @@ mod tests {
     #[test]
     fn accept_header_negotiation() {
         assert_eq!(Format::from_accept(None), Format::Text);
-        assert_eq!(Format::from_accept(Some("text/plain")), Format::Text);
-        assert_eq!(Format::from_accept(Some("Application/JSON")), Format::Json);
+        let json = [
+            "application/json",
+            "Application/JSON",
+            "text/html, application/json;q=0.9",
+            "application/json, text/plain",
+            "application/json, */*",
+            "*/*, application/json",
+            "text/*, application/json",
+            "application/*",
+            "application/json;charset=utf-8",
+            "text/plain;q=0.5, application/json",
+            "text/plain;q=0, application/json;q=0.001",
+            "application/json;q=1.000",
+            "application/json;Q=0.5",
+            "application/json ; q = 0.5",
+            "text/plain;q=0.5;x=\"a,b;q=1\", application/json;q=0.6",
+            "application/json;q=x, application/json;q=0.2",
+            "text/plain;q=2, application/json;q=0.1",
+        ];
+        let text = [
+            "",
+            "text/plain",
+            "*/*",
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+            "application/json;q=0",
+            "application/json;q=0.000",
+            "application/json;q=0.",
+            "application/json;q=0, */*",
+            "text/plain;q=1, application/json;q=0.1",
+            "text/plain, application/json",
+            "text/*, application/*",
+            "application/jsonx",
+            "application/json-seq",
+            "application/json+x",
+            "xapplication/json",
+            "json",
+            "*/json",
+            "application /json",
+            "application/json;q=1.5",
+            "application/json;q=0.0001",
+            "application/json;q=-1",
+            "application/json;q=.5",
+            "application/json;q=",
+            "text/plain;x=\"application/json\"",
+            "text/plain;x=\"a,application/json",
+        ];
+        let cases =
+            (json.iter().map(|a| (a, Format::Json))).chain(text.iter().map(|a| (a, Format::Text)));
+        for (accept, format) in cases {
+            assert_eq!(Format::from_accept(Some(accept)), format, "{accept}");
+        }
+    }
+
+    #[test]
+    fn several_accept_fields_are_one_list() {
+        let format = |fields: &[&str]| {
+            let mut accept = Accept::default();
+            for field in fields {
+                accept.add(field);
+            }
+            accept.format()
+        };
+        assert_eq!(format(&[]), Format::Text);
+        assert_eq!(format(&["application/json", "text/plain"]), Format::Json);
+        assert_eq!(format(&["text/plain", "application/json"]), Format::Text);
+        assert_eq!(format(&["application/json", "*/*"]), Format::Json);
+        assert_eq!(format(&["application/json;q=0", "text/html"]), Format::Text);
+        assert_eq!(format(&["text/html", "application/json"]), Format::Json);
         assert_eq!(
-            Format::from_accept(Some("text/html, application/json;q=0.9")),
+            format(&["application/json", "application/json;q=0"]),
             Format::Json
         );
+    }
+
+    #[test]
+    fn qvalues() {
+        for (text, thousandths) in [
+            ("0", 0),
+            ("0.", 0),
+            ("0.5", 500),
+            ("0.05", 50),
+            ("0.125", 125),
+            ("1", 1000),
+            ("1.", 1000),
+            ("1.000", 1000),
+        ] {
+            assert_eq!(qvalue(text), Some(thousandths), "{text}");
+        }
+        for bad in [
+            "", ".5", "1.001", "2", "0.1234", "00.5", "0,5", "0.x", "+0.5", "1e0",
+        ] {
+            assert_eq!(qvalue(bad), None, "{bad}");
+        }
     }
 
     #[test]

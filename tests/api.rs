@@ -82,6 +82,37 @@ fn json_replies_carry_numbers_as_strings() {
 }
 
 #[test]
+fn the_accept_header_is_read_as_a_weighted_list() {
+    let dir = TempDir::new("negotiation");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    // Each case: the Accept fields sent, in order, and whether the answer is JSON.
+    let cases: &[(&[&str], bool)] = &[
+        (&["application/json"], true),
+        (&["application/json, text/plain"], true),
+        (&["text/html, application/json;q=0.9"], true),
+        (&["*/*"], false),
+        (&["application/json;q=0"], false),
+        (&["text/plain;q=1, application/json;q=0.1"], false),
+        (&["application/jsonx"], false),
+        (&["application/json-seq"], false),
+        (&["application/json;q=2"], false),
+        // Several fields are one list: the second does not replace the first.
+        (&["application/json", "text/html"], true),
+        (&["text/plain", "application/json;q=0.5"], false),
+    ];
+    for &(fields, json) in cases {
+        let headers: Vec<(&str, &str)> = fields.iter().map(|&f| ("Accept", f)).collect();
+        let reply = request(server.addr, "GET", "/fib/10", &headers);
+        let expected = if json {
+            "{\"index\":10,\"value\":\"55\"}\n"
+        } else {
+            "55\n"
+        };
+        assert_eq!(reply.body, expected, "Accept: {fields:?}");
+    }
+}
+
+#[test]
 fn both_bounds_answer_409_and_leave_the_cursor_alone() {
     let dir = TempDir::new("bounds");
     let server = Server::start(&dir.join("fibd.state"), &[]);
