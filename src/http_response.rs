@@ -64,6 +64,9 @@ pub fn render(reply: &Reply, framing: Framing, date: &[u8; HTTP_DATE_BYTES]) -> 
     if reply.no_store {
         out.extend_from_slice(b"Cache-Control: no-store\r\n");
     }
+    if reply.negotiated {
+        out.extend_from_slice(b"Vary: Accept\r\n");
+    }
     if let Some(allow) = reply.allow {
         out.extend_from_slice(b"Allow: ");
         out.extend_from_slice(allow.as_bytes());
@@ -86,7 +89,7 @@ pub fn render(reply: &Reply, framing: Framing, date: &[u8; HTTP_DATE_BYTES]) -> 
 }
 
 /// Room for the status line and headers, so that `render` allocates once.
-const HEAD_BYTES_MAX: usize = 256;
+const HEAD_BYTES_MAX: usize = 320;
 
 /// The length of an IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub const HTTP_DATE_BYTES: usize = 29;
@@ -230,6 +233,7 @@ mod tests {
             no_store: false,
             allow: None,
             retry_after: None,
+            negotiated: false,
         }
     }
 
@@ -266,6 +270,7 @@ mod tests {
         refused.no_store = true;
         refused.allow = Some("GET, POST");
         refused.retry_after = Some(1);
+        refused.negotiated = true;
         let text = rendered(&refused, (1, 1), false, true);
         assert!(
             text.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
@@ -276,6 +281,7 @@ mod tests {
             "Cache-Control: no-store\r\n",
             "Allow: GET, POST\r\n",
             "Retry-After: 1\r\n",
+            "Vary: Accept\r\n",
         ] {
             assert!(text.contains(header), "{header} in {text}");
         }

@@ -245,6 +245,9 @@ pub struct Reply {
     pub allow: Option<&'static str>,
     /// Seconds, for 503 answers that are worth retrying.
     pub retry_after: Option<u32>,
+    /// Whether the body's format was chosen by the request's `Accept` header, which the answer
+    /// then names in `Vary` (RFC 9110, 12.5.5) so that a cache keeps one copy per format.
+    pub negotiated: bool,
 }
 
 impl Reply {
@@ -256,6 +259,7 @@ impl Reply {
             no_store: false,
             allow: None,
             retry_after: None,
+            negotiated: true,
         }
     }
 
@@ -280,7 +284,14 @@ impl Reply {
             no_store: false,
             allow: None,
             retry_after: None,
+            negotiated: true,
         }
+    }
+
+    /// For the answers whose format is fixed, whatever the client asked for.
+    fn not_negotiated(mut self) -> Reply {
+        self.negotiated = false;
+        self
     }
 
     fn cursor_related(mut self) -> Reply {
@@ -656,11 +667,12 @@ pub fn ready(is_ready: bool, format: Format) -> Reply {
 
 /// The `/metrics` answer: `text` is the exposition, whatever the client's Accept header.
 pub fn metrics(text: String) -> Reply {
-    Reply::ok(Format::Prometheus, text)
+    Reply::ok(Format::Prometheus, text).not_negotiated()
 }
 
+/// The index of routes, plain text whatever the client's Accept header.
 pub fn index() -> Reply {
-    Reply::ok(Format::Text, INDEX.into())
+    Reply::ok(Format::Text, INDEX.into()).not_negotiated()
 }
 
 const INDEX: &str = "\

@@ -113,6 +113,34 @@ fn the_accept_header_is_read_as_a_weighted_list() {
 }
 
 #[test]
+fn answers_whose_format_follows_accept_say_vary_accept() {
+    let dir = TempDir::new("vary");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    for (method, path) in [
+        ("GET", "/current"),
+        ("POST", "/next"),
+        ("POST", "/previous"),
+        ("GET", "/fib/10"),
+        ("GET", "/fib?n=3"),
+        ("GET", "/fib/x"),
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),
+        ("GET", "/nowhere"),
+        ("POST", "/"),
+        ("POST", "/metrics"),
+    ] {
+        let reply = request(server.addr, method, path, &[]);
+        assert_eq!(reply.header("Vary"), Some("Accept"), "{method} {path}");
+    }
+    // The index and the metrics have one format whatever the client asks for.
+    for path in ["/", "/metrics"] {
+        let reply = request(server.addr, "GET", path, &[("Accept", "application/json")]);
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("Vary"), None, "{path}");
+    }
+}
+
+#[test]
 fn both_bounds_answer_409_and_leave_the_cursor_alone() {
     let dir = TempDir::new("bounds");
     let server = Server::start(&dir.join("fibd.state"), &[]);
