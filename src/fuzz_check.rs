@@ -21,7 +21,12 @@ pub fn route_request(data: &[u8]) -> u16 {
         target_bytes: target.len(),
         header_bytes: accept.map_or(0, str::len),
         header_fields: usize::from(flags >> 4),
-        missing_host: flags & 1 == 1,
+        host: match flags & 9 {
+            0 => routes::HostField::Fine,
+            1 => routes::HostField::Missing,
+            8 => routes::HostField::Repeated,
+            _ => routes::HostField::Invalid,
+        },
         length_ambiguous: flags & 4 == 4,
     };
     let has_body = flags & 2 == 2;

@@ -700,7 +700,8 @@ fn dispatch(edge: &Edge, request: Request) {
     let peer = request.remote_addr().copied();
     // One pass over the headers for everything routing needs.
     let mut accept = routes::Accept::default();
-    let (mut transfer_encoded, mut has_host, mut header_bytes) = (false, false, 0);
+    let (mut transfer_encoded, mut header_bytes) = (false, 0);
+    let (mut host_fields, mut host) = (0, None);
     let (mut connection, mut expects) = (None, false);
     let (mut content_length, mut length_ambiguous) = (None, false);
     for header in request.headers() {
@@ -711,7 +712,8 @@ fn dispatch(edge: &Edge, request: Request) {
         } else if header.field.equiv("Transfer-Encoding") {
             transfer_encoded = true;
         } else if header.field.equiv("Host") {
-            has_host = true;
+            host_fields += 1;
+            host.get_or_insert(header.value.as_str());
         } else if header.field.equiv("Connection") && connection.is_none() {
             connection = Some(header.value.as_str()); // the first one, as tiny_http reads it
         } else if header.field.equiv("Expect") {
@@ -737,7 +739,7 @@ fn dispatch(edge: &Edge, request: Request) {
         target_bytes: request.url().len(),
         header_bytes,
         header_fields: request.headers().len(),
-        missing_host: *version == (1, 1) && !has_host,
+        host: routes::HostField::judge((version.0, version.1), host_fields, host),
         length_ambiguous,
     };
     let route = routes::check_head(&head, format)

@@ -442,7 +442,7 @@ mod tests {
             target_bytes: crate::limits::TARGET_BYTES_MAX + 1,
             header_bytes: 0,
             header_fields: 0,
-            missing_host: false,
+            host: routes::HostField::Fine,
             length_ambiguous: false,
         };
         let replies = [

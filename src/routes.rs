@@ -306,10 +306,100 @@ pub struct Head {
     pub target_bytes: usize,
     pub header_bytes: usize,
     pub header_fields: usize,
-    /// An HTTP/1.1 request without a Host header, which RFC 9112 says to refuse.
-    pub missing_host: bool,
+    /// What its Host header fields are worth (`HostField::judge`).
+    pub host: HostField,
     /// Its Content-Length headers do not frame it unambiguously (`content_length_conflicts`).
     pub length_ambiguous: bool,
+}
+
+/// A request's Host header fields, as RFC 9112 (3.2) judges them: a server must answer 400 to
+/// an HTTP/1.1 request without one, and to any request with several or with an invalid one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostField {
+    /// One valid Host field, or none where none is needed (HTTP/1.0).
+    #[default]
+    Fine,
+    Missing,
+    Repeated,
+    Invalid,
+}
+
+impl HostField {
+    /// Judges a request of HTTP `version` with `count` Host fields, the first of value `first`.
+    pub fn judge(version: (u8, u8), count: usize, first: Option<&str>) -> HostField {
+        match (count, first) {
+            (0, _) if version >= (1, 1) => HostField::Missing,
+            (2.., _) => HostField::Repeated,
+            (_, Some(value)) if !valid_host(value) => HostField::Invalid,
+            _ => HostField::Fine,
+        }
+    }
+}
+
+/// Whether `value` is a valid Host field value (RFC 9110, 7.2): `uri-host [ ":" port ]`, where
+/// uri-host (RFC 3986, 3.2.2) is an IP literal in brackets (IPv6 or IPvFuture) or a reg-name:
+/// letters, digits, `-._~`, `!$&'()*+,;=` and percent-escapes, possibly none (an IPv4 address
+/// is spelled as a reg-name). The port is digits, possibly none. An empty value is valid: RFC
+/// 9112 has a client send it when the target URI has no authority.
+pub fn valid_host(value: &str) -> bool {
+    let (host_is_valid, port) = match value.strip_prefix('[') {
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((literal, port)) => (ip_literal(literal), port),
+            None => return false,
+        },
+        None => {
+            let (host, port) = value.split_at(value.find(':').unwrap_or(value.len()));
+            (reg_name(host), port)
+        }
+    };
+    host_is_valid
+        && (port.is_empty()
+            || port
+                .strip_prefix(':')
+                .is_some_and(|digits| digits.bytes().all(|b| b.is_ascii_digit())))
+}
+
+/// RFC 3986's reg-name: unreserved characters, sub-delims and percent-escapes.
+fn reg_name(host: &str) -> bool {
+    let bytes = host.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let escape = bytes.get(i + 1..i + 3);
+                if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+            }
+            b if unreserved_or_sub_delim(b) => i += 1,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// RFC 3986's IP-literal without its brackets: an IPv6 address, or `v` HEX `.` and more.
+fn ip_literal(literal: &str) -> bool {
+    if literal.parse::<std::net::Ipv6Addr>().is_ok() {
+        return true;
+    }
+    let future = literal
+        .strip_prefix(['v', 'V'])
+        .and_then(|v| v.split_once('.'));
+    future.is_some_and(|(version, address)| {
+        !version.is_empty()
+            && version.bytes().all(|b| b.is_ascii_hexdigit())
+            && !address.is_empty()
+            && address
+                .bytes()
+                .all(|b| b == b':' || unreserved_or_sub_delim(b))
+    })
+}
+
+/// RFC 3986's `unreserved` and `sub-delims` characters.
+fn unreserved_or_sub_delim(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=".contains(&b)
 }
 
 /// Reads one Content-Length header's value into `length` (the earlier ones' value, if any).
@@ -327,7 +417,7 @@ pub fn content_length_conflicts(length: &mut Option<usize>, value: &str) -> bool
 }
 
 /// Refuses request heads past the limits (414, 431), requests with an ambiguous
-/// Content-Length and HTTP/1.1 requests without Host (400). Of the two 400s, the
+/// Content-Length and those whose Host fields RFC 9112 refuses (400). Of the two 400s, the
 /// Content-Length's is given, since it is what makes fibd close the connection.
 pub fn check_head(head: &Head, format: Format) -> Result<(), Reply> {
     if head.target_bytes > limits::TARGET_BYTES_MAX {
@@ -359,15 +449,28 @@ pub fn check_head(head: &Head, format: Format) -> Result<(), Reply> {
             format,
         ));
     }
-    if head.missing_host {
-        return Err(Reply::error(
+    match head.host {
+        HostField::Fine => Ok(()),
+        HostField::Missing => Err(Reply::error(
             400,
             "missing_host",
             "an HTTP/1.1 request needs a Host header",
             format,
-        ));
+        )),
+        HostField::Repeated => Err(Reply::error(
+            400,
+            "bad_host",
+            "the request has more than one Host header; send exactly one",
+            format,
+        )),
+        HostField::Invalid => Err(Reply::error(
+            400,
+            "bad_host",
+            "the Host header is not a host name, an IPv4 address or a bracketed IPv6 address \
+             with an optional :port",
+            format,
+        )),
     }
-    Ok(())
 }
 
 /// Maps a method and request target to a route, or to the error answer that explains why not.
@@ -805,7 +908,7 @@ mod tests {
             target_bytes: 10,
             header_bytes: 100,
             header_fields: 3,
-            missing_host: false,
+            host: HostField::Fine,
             length_ambiguous: false,
         };
         assert!(check_head(&ok, Format::Text).is_ok());
@@ -831,13 +934,10 @@ mod tests {
             }),
             431
         );
-        assert_eq!(
-            status(Head {
-                missing_host: true,
-                ..ok.clone()
-            }),
-            400
-        );
+        for host in [HostField::Missing, HostField::Repeated, HostField::Invalid] {
+            let head = Head { host, ..ok.clone() };
+            assert_eq!(status(head), 400, "{host:?}");
+        }
         assert_eq!(
             status(Head {
                 length_ambiguous: true,
@@ -847,12 +947,66 @@ mod tests {
         );
         // A request with both faults is answered for the one that closes its connection.
         let both = Head {
-            missing_host: true,
+            host: HostField::Missing,
             length_ambiguous: true,
             ..ok
         };
         let reply = check_head(&both, Format::Text).unwrap_err();
         assert!(reply.body.contains("Content-Length"), "{}", reply.body);
+    }
+
+    #[test]
+    fn host_fields_are_judged_as_rfc_9112_says() {
+        let judge = HostField::judge;
+        assert_eq!(judge((1, 1), 1, Some("example.com")), HostField::Fine);
+        assert_eq!(judge((1, 1), 0, None), HostField::Missing);
+        assert_eq!(judge((1, 0), 0, None), HostField::Fine);
+        assert_eq!(judge((1, 1), 2, Some("x")), HostField::Repeated);
+        assert_eq!(judge((1, 0), 2, Some("x")), HostField::Repeated);
+        assert_eq!(judge((1, 0), 1, Some("a b")), HostField::Invalid);
+        for valid in [
+            "",
+            "localhost",
+            "localhost:8080",
+            "Example.COM",
+            "127.0.0.1",
+            "127.0.0.1:80",
+            "x:",
+            ":80",
+            "[::1]",
+            "[::1]:8080",
+            "[2001:db8::ffff:192.0.2.1]",
+            "[v1.fe80::a+en1]",
+            "a-b_c~d.e",
+            "%41%62",
+            "!$&'()*+,;=",
+        ] {
+            assert!(valid_host(valid), "{valid:?}");
+        }
+        for invalid in [
+            "a b",
+            " x",
+            "x/y",
+            "x?y",
+            "x#y",
+            "user@x",
+            "x:8o",
+            "x:80:80",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[::1]:x",
+            "[x]",
+            "[::1%25eth0]",
+            "[v.x]",
+            "[v1.]",
+            "%4",
+            "%zz",
+            "\"x\"",
+            "x\ty",
+        ] {
+            assert!(!valid_host(invalid), "{invalid:?}");
+        }
     }
 
     #[test]

@@ -237,6 +237,19 @@ fn every_error_status_with_a_clear_one_line_message() {
             reply.body
         );
     }
+    // RFC 9112 (3.2): exactly one Host field, and a valid one, or 400.
+    let reply = request(
+        server.addr,
+        "POST",
+        "/next",
+        &[("Host", "other"), ("Accept", "application/json")],
+    );
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert!(
+        reply.body.starts_with("{\"error\":\"bad_host\""),
+        "{}",
+        reply.body
+    );
     let reply = request(server.addr, "DELETE", "/next", &[]);
     assert_eq!(reply.header("Allow"), Some("GET, POST"));
     let reply = request(server.addr, "HEAD", "/next", &[]);
