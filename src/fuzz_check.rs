@@ -18,6 +18,7 @@ pub fn route_request(data: &[u8]) -> u16 {
     let accept = parts.next();
     let format = Format::from_accept(accept);
     let head = Head {
+        version: (1, 1),
         target_bytes: target.len(),
         header_bytes: accept.map_or(0, str::len),
         header_fields: usize::from(flags >> 4),

@@ -122,7 +122,8 @@ struct Meta {
     /// Whether tiny_http left the request's body on the socket (`body_left_unread`).
     body_unread: bool,
     /// Whether the request's end is unclear (an ambiguous Content-Length, or any
-    /// Transfer-Encoding, whose body tiny_http leaves on the socket), so that what tiny_http
+    /// Transfer-Encoding, whose body tiny_http leaves on the socket, or an HTTP version fibd
+    /// does not speak), so that what tiny_http
     /// reads after it on the connection is not a request the client meant: the reply closes
     /// the connection, and whatever follows on it is dropped or refused, never served.
     framing_lost: bool,
@@ -723,23 +724,25 @@ fn dispatch(edge: &Edge, request: Request) {
                 routes::content_length_conflicts(&mut content_length, header.value.as_str());
         }
     }
-    let version = request.http_version();
+    let version = (request.http_version().0, request.http_version().1);
     let body_length = request.body_length();
     // tiny_http takes any Transfer-Encoding as chunked (ignoring a Content-Length beside it),
     // leaves that body on the socket and then parses it as the next request, as it does with
-    // the body of a request whose Content-Length it cannot read.
-    let framing_lost = transfer_encoded || length_ambiguous;
-    let persists =
-        http_response::connection_persists((version.0, version.1), connection) && !framing_lost;
+    // the body of a request whose Content-Length it cannot read. It also reads on after an
+    // `HTTP/0.9` request line, a version fibd does not speak (`routes::check_head`), so where
+    // that request ends is unknown as well.
+    let framing_lost = transfer_encoded || length_ambiguous || !routes::version_served(version);
+    let persists = http_response::connection_persists(version, connection) && !framing_lost;
     let upgrade = connection.is_some_and(|value| routes::contains_ignore_case(value, "upgrade"));
     let body_unread = body_left_unread(body_length, expects, upgrade);
     let format = accept.format();
     let has_body = transfer_encoded || body_length.is_some_and(|len| len > 0);
     let head = routes::Head {
+        version,
         target_bytes: request.url().len(),
         header_bytes,
         header_fields: request.headers().len(),
-        host: routes::HostField::judge((version.0, version.1), host_fields, host),
+        host: routes::HostField::judge(version, host_fields, host),
         length_ambiguous,
     };
     let route = routes::check_head(&head, format)

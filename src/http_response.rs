@@ -28,7 +28,8 @@ pub fn connection_persists(version: (u8, u8), connection_header: Option<&str>) -
 /// How a response is framed, beyond what the `Reply` says.
 #[derive(Clone, Copy, Debug)]
 pub struct Framing {
-    /// The request's HTTP version, echoed in the status line as tiny_http does.
+    /// The request's HTTP version, which decides whether the connection persists unless the
+    /// response says otherwise. The status line says HTTP/1.1 whatever it is.
     pub version: (u8, u8),
     /// A `HEAD` request: the headers, `Content-Length` included, and no body.
     pub head_only: bool,
@@ -45,11 +46,9 @@ pub fn render(reply: &Reply, framing: Framing, date: &[u8; HTTP_DATE_BYTES]) -> 
         reply.body.as_str()
     };
     let mut out = Vec::with_capacity(HEAD_BYTES_MAX + body.len());
-    out.extend_from_slice(b"HTTP/");
-    push_decimal(&mut out, u64::from(framing.version.0));
-    out.push(b'.');
-    push_decimal(&mut out, u64::from(framing.version.1));
-    out.push(b' ');
+    // The highest version fibd speaks, whatever the request's (RFC 9110, 6.2): an HTTP/1.0
+    // client reads it as 1.0, and its connection still closes by 1.0's rules.
+    out.extend_from_slice(b"HTTP/1.1 ");
     push_decimal(&mut out, u64::from(reply.status));
     out.push(b' ');
     let reason = tiny_http::StatusCode(reply.status).default_reason_phrase();
@@ -77,7 +76,7 @@ pub fn render(reply: &Reply, framing: Framing, date: &[u8; HTTP_DATE_BYTES]) -> 
         push_decimal(&mut out, u64::from(secs));
         out.extend_from_slice(b"\r\n");
     }
-    let persists_by_default = framing.version != (1, 0);
+    let persists_by_default = framing.version >= (1, 1);
     match (framing.persists, persists_by_default) {
         (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
         (true, false) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
@@ -300,7 +299,8 @@ mod tests {
         assert_eq!(says((1, 1), false).as_deref(), Some("close"));
         assert_eq!(says((1, 0), true).as_deref(), Some("keep-alive"));
         assert_eq!(says((1, 0), false).as_deref(), Some("close"));
-        assert!(rendered(&ok, (1, 0), false, false).starts_with("HTTP/1.0 200 OK\r\n"));
+        // The status line names the server's version, not the request's.
+        assert!(rendered(&ok, (1, 0), false, false).starts_with("HTTP/1.1 200 OK\r\n"));
     }
 
     #[test]

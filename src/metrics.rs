@@ -439,6 +439,7 @@ mod tests {
         let f = Format::Text;
         let routed = |method, target| routes::route(method, target, false, f).unwrap_err();
         let head = routes::Head {
+            version: (1, 1),
             target_bytes: crate::limits::TARGET_BYTES_MAX + 1,
             header_bytes: 0,
             header_fields: 0,

@@ -303,6 +303,8 @@ impl Reply {
 /// The sizes and facts of a request head that are checked before routing.
 #[derive(Clone, Debug, Default)]
 pub struct Head {
+    /// The HTTP version of the request line (`version_served`).
+    pub version: (u8, u8),
     pub target_bytes: usize,
     pub header_bytes: usize,
     pub header_fields: usize,
@@ -310,6 +312,16 @@ pub struct Head {
     pub host: HostField,
     /// Its Content-Length headers do not frame it unambiguously (`content_length_conflicts`).
     pub length_ambiguous: bool,
+}
+
+/// Whether fibd serves requests of HTTP `version`: 1.0 and 1.1. tiny_http answers higher
+/// versions itself and passes on `HTTP/0.9`, which fibd refuses: RFC 9112 (2.3) lets a server
+/// read a higher minor version as the highest it implements, but never another major version,
+/// and a request line with a version is not HTTP/0.9 either (which has none), so it is
+/// malformed: 400, as RFC 9110 (15.5.1) has for malformed syntax, rather than 505, which would
+/// count a client's error among the server's failures.
+pub fn version_served(version: (u8, u8)) -> bool {
+    version >= (1, 0)
 }
 
 /// A request's Host header fields, as RFC 9112 (3.2) judges them: a server must answer 400 to
@@ -416,10 +428,18 @@ pub fn content_length_conflicts(length: &mut Option<usize>, value: &str) -> bool
     *length.get_or_insert(parsed) != parsed
 }
 
-/// Refuses request heads past the limits (414, 431), requests with an ambiguous
-/// Content-Length and those whose Host fields RFC 9112 refuses (400). Of the two 400s, the
+/// Refuses requests of an HTTP version fibd does not serve (400), request heads past the
+/// limits (414, 431), requests with an ambiguous Content-Length and those whose Host fields
+/// RFC 9112 refuses (400). Of the two 400s, the
 /// Content-Length's is given, since it is what makes fibd close the connection.
 pub fn check_head(head: &Head, format: Format) -> Result<(), Reply> {
+    if !version_served(head.version) {
+        let message = format!(
+            "HTTP/{}.{} is not served; send HTTP/1.1 or HTTP/1.0. The connection is closed",
+            head.version.0, head.version.1
+        );
+        return Err(Reply::error(400, "unsupported_version", &message, format));
+    }
     if head.target_bytes > limits::TARGET_BYTES_MAX {
         let message = format!(
             "the request target is {} bytes; at most {} are served",
@@ -905,6 +925,7 @@ mod tests {
     #[test]
     fn oversized_heads_and_missing_host() {
         let ok = Head {
+            version: (1, 1),
             target_bytes: 10,
             header_bytes: 100,
             header_fields: 3,
@@ -934,6 +955,24 @@ mod tests {
             }),
             431
         );
+        assert!(
+            check_head(
+                &Head {
+                    version: (1, 0),
+                    ..ok.clone()
+                },
+                Format::Text
+            )
+            .is_ok()
+        );
+        let old = check_head(
+            &Head {
+                version: (0, 9),
+                ..ok.clone()
+            },
+            Format::Text,
+        );
+        assert!(old.unwrap_err().body.starts_with("HTTP/0.9 is not served"));
         for host in [HostField::Missing, HostField::Repeated, HostField::Invalid] {
             let head = Head { host, ..ok.clone() };
             assert_eq!(status(head), 400, "{host:?}");

@@ -332,6 +332,8 @@ fn replies_say_when_the_connection_ends() {
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         let reply = read_reply(&mut reader, false).expect("a reply");
         assert_eq!(reply.status, 200, "{version} {asked:?}");
+        // The status line names the version fibd speaks, not the request's (RFC 9110, 6.2).
+        assert_eq!(reply.version, "HTTP/1.1", "{version} {asked:?}");
         assert_eq!(reply.header("Connection"), said, "{version} {asked:?}");
         // A server that closes answers nothing more; one that keeps the connection answers.
         let _ = stream.write_all(raw.as_bytes());

@@ -148,7 +148,8 @@ fn malformed_and_odd_requests_get_a_4xx_or_a_closed_connection() {
     stream.write_all(b"GET /current HTTP/1.0\r\n\r\n").unwrap();
     let mut all = String::new();
     stream.read_to_string(&mut all).unwrap();
-    assert!(all.starts_with("HTTP/1.") && all.contains(" 200 "), "{all}");
+    // The status line names the version fibd speaks, not the request's (RFC 9110, 6.2).
+    assert!(all.starts_with("HTTP/1.1 200 OK\r\n"), "{all}");
     assert!(all.ends_with("\r\n\r\n0\n"), "{all}");
 
     assert_eq!(
@@ -236,6 +237,34 @@ fn what_follows_a_request_of_unclear_end_is_refused_out_loud() {
             .log_text()
             .contains("reason=framing_lost requests_dropped=0")
     );
+}
+
+#[test]
+fn an_http_0_9_request_line_is_refused_and_nothing_after_it_is_served() {
+    let dir = TempDir::new("http09");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    let mut stream = connect(server.addr);
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    // No Host: the version is refused before the Host check, which HTTP/1.1 asks for.
+    stream.write_all(b"GET /current HTTP/0.9\r\n\r\n").unwrap();
+    let reply = read_reply(&mut reader, false).expect("an answer");
+    assert_eq!((reply.version.as_str(), reply.status), ("HTTP/1.1", 400));
+    assert_eq!(reply.header("Connection"), Some("close"));
+    assert!(
+        reply.body.contains("HTTP/0.9 is not served"),
+        "{}",
+        reply.body
+    );
+    // tiny_http keeps reading the connection; fibd serves nothing more on it.
+    common::wait_until("the connection was not abandoned", || {
+        server.log_text().contains("event=connection_abandoned")
+    });
+    stream
+        .write_all(b"POST /next HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let reply = read_reply(&mut reader, false).expect("an answer");
+    assert_eq!(reply.status, 421);
+    assert_eq!(server.value("/current"), "0");
 }
 
 #[test]

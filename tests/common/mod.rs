@@ -176,6 +176,8 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 #[derive(Debug, Clone)]
 pub struct Reply {
+    /// The status line's HTTP version, such as `HTTP/1.1`.
+    pub version: String,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: String,
@@ -240,6 +242,11 @@ pub fn read_reply(reader: &mut impl BufRead, head_only: bool) -> Option<Reply> {
     let mut body = vec![0u8; if head_only { 0 } else { len }];
     reader.read_exact(&mut body).expect("body");
     Some(Reply {
+        version: status_line
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string(),
         status,
         headers,
         body: String::from_utf8(body).expect("utf-8 body"),
