@@ -217,8 +217,10 @@ impl Edge {
                 (None, routed) => (routed, true),
             }
         };
-        let (request, format, meta) = refused.into_parts();
+        let (request, format, mut meta) = refused.into_parts();
         if shutting_down {
+            // The process exits once the last replies are written: the client is told so.
+            meta.persists = false;
             return Some((request, routes::shutting_down(format), meta));
         }
         self.metrics.requests_shed.fetch_add(1, Ordering::Relaxed);
@@ -898,6 +900,37 @@ mod tests {
         dispatch(&edge, get("/fib/10", 40_004));
         assert_eq!(edge.metrics.requests_shed.load(Ordering::Relaxed), 0);
         assert!(counted(&edge, "/fib/{n}", 503));
+    }
+
+    /// A request for `route`, routed as the acceptor routes it, on a connection that persists.
+    fn routed(path: &str, route: Route, port: u16) -> Routed {
+        let meta = Meta {
+            route: RouteLabel::of_target(path),
+            arrived: Instant::now(),
+            step: false,
+            persists: true,
+            body_unread: false,
+            framing_lost: false,
+        };
+        Routed::Work(Job::Answer(get(path, port), route, Format::Text, meta))
+    }
+
+    #[test]
+    fn refusals_for_a_full_or_closed_queue_are_never_cached_and_shutdown_says_close() {
+        let (edge, _work_rx, _steps_rx) = edge_with_full_queues();
+        let (_, reply, meta) = edge
+            .forward(routed("/current", Route::Current, 40_006))
+            .expect("refused");
+        assert_eq!((reply.status, reply.no_store), (503, true));
+        assert!(meta.persists, "an overloaded server keeps the connection");
+
+        edge.queues.lock().expect("queues lock").take();
+        let (_, reply, meta) = edge
+            .forward(routed("/current", Route::Current, 40_008))
+            .expect("refused");
+        assert_eq!((reply.status, reply.no_store), (503, true));
+        assert!(reply.body.contains("shutting down"), "{}", reply.body);
+        assert!(!meta.persists, "the reply says Connection: close");
     }
 
     #[test]

@@ -294,7 +294,8 @@ impl Reply {
         self
     }
 
-    fn cursor_related(mut self) -> Reply {
+    /// Marks the answer `Cache-Control: no-store`.
+    fn uncacheable(mut self) -> Reply {
         self.no_store = true;
         self
     }
@@ -664,7 +665,7 @@ pub fn number(index: u8, format: Format) -> Reply {
 
 /// The answer for `/current`, `/next` and `/previous`.
 pub fn cursor(index: u8, format: Format) -> Reply {
-    number(index, format).cursor_related()
+    number(index, format).uncacheable()
 }
 
 /// The 409 answer for a step that would leave the table.
@@ -681,7 +682,7 @@ pub fn bound(bound: Bound, format: Format) -> Reply {
              cursor unchanged",
         ),
     };
-    Reply::error(409, code, message, format).cursor_related()
+    Reply::error(409, code, message, format).uncacheable()
 }
 
 /// The 503 answer for steps that could not be made durable.
@@ -694,10 +695,12 @@ pub fn unavailable(format: Format) -> Reply {
          state on disk: read /current before stepping again",
         format,
     )
-    .cursor_related()
+    .uncacheable()
 }
 
-/// The 503 answer when a bounded queue is full.
+/// The 503 answer when a bounded queue is full. Like every refusal that asks for a retry, it
+/// says `no-store`: on a cursor route it is a cursor answer, and on any route a cache must not
+/// give it again once fibd is back.
 pub fn overloaded(format: Format) -> Reply {
     let mut reply = Reply::error(
         503,
@@ -706,10 +709,10 @@ pub fn overloaded(format: Format) -> Reply {
         format,
     );
     reply.retry_after = Some(1);
-    reply
+    reply.uncacheable()
 }
 
-/// The 503 answer for a request that reached fibd as it shut down.
+/// The 503 answer for a request that reached fibd as it shut down; `no-store` as `overloaded`.
 pub fn shutting_down(format: Format) -> Reply {
     let mut reply = Reply::error(
         503,
@@ -718,7 +721,7 @@ pub fn shutting_down(format: Format) -> Reply {
         format,
     );
     reply.retry_after = Some(1);
-    reply
+    reply.uncacheable()
 }
 
 /// The answer to a request that followed, from the same client address and port, one whose
@@ -785,6 +788,7 @@ pub fn ready(is_ready: bool, format: Format) -> Reply {
             "not ready: the state file is not writable or fibd is shutting down",
             format,
         )
+        .uncacheable()
     }
 }
 
@@ -1056,8 +1060,21 @@ mod tests {
             (after_framing_lost(Format::Json), "framing_lost", 421, None),
         ] {
             assert_eq!((reply.status, reply.retry_after), (status, retry_after));
+            assert_eq!(
+                reply.no_store,
+                status == 503,
+                "{code}: never kept by a cache"
+            );
             let expected = format!("{{\"error\":\"{code}\",");
             assert!(reply.body.starts_with(&expected), "{}", reply.body);
+        }
+        for reply in [unavailable(Format::Text), ready(false, Format::Text)] {
+            assert_eq!(
+                (reply.status, reply.no_store),
+                (503, true),
+                "{}",
+                reply.body
+            );
         }
     }
 
