@@ -24,9 +24,7 @@ pub enum RouteLabel {
 impl RouteLabel {
     /// The label for a request target, whatever its method and whether or not it is valid.
     pub fn of_target(target: &str) -> RouteLabel {
-        let target = crate::routes::strip_absolute_form(target);
-        let path = target.split_once('?').map_or(target, |(path, _)| path);
-        match path {
+        match crate::routes::path_and_query(target).0 {
             "/" => RouteLabel::Index,
             "/current" => RouteLabel::Current,
             "/next" => RouteLabel::Next,
@@ -55,7 +53,9 @@ const ROUTES: [(RouteLabel, &str); 10] = [
 ];
 
 /// The status codes fibd answers with; anything else (tiny_http's own 4xx) counts as "other".
-const CODES: [u16; 12] = [200, 400, 404, 405, 409, 414, 421, 422, 431, 500, 503, 0];
+const CODES: [u16; 13] = [
+    200, 400, 404, 405, 409, 414, 421, 422, 431, 500, 501, 503, 0,
+];
 
 fn code_slot(status: u16) -> usize {
     CODES
@@ -457,6 +457,7 @@ mod tests {
             routed("GET", "/fib/x"),
             routed("GET", "/nope"),
             routed("DELETE", "/next"),
+            routed("FOO", "/next"),
             routed("GET", "/fib/999"),
             routes::check_head(&head, f).unwrap_err(),
         ];
@@ -472,6 +473,8 @@ mod tests {
         assert_eq!(RouteLabel::of_target("/fib?n=3"), RouteLabel::FibList);
         // An absolute-form target is routed by its path, so it is counted by it too.
         assert_eq!(RouteLabel::of_target("http://h/next"), RouteLabel::Next);
+        assert_eq!(RouteLabel::of_target("HTTP://h/next"), RouteLabel::Next);
+        assert_eq!(RouteLabel::of_target("http://h?x"), RouteLabel::Index);
         assert_eq!(RouteLabel::of_target("/nowhere"), RouteLabel::Other);
     }
 

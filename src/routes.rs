@@ -497,11 +497,14 @@ pub fn check_head(head: &Head, format: Format) -> Result<(), Reply> {
 /// Maps a method and request target to a route, or to the error answer that explains why not.
 /// `has_body` is true when the request announced a non-empty body, which no route accepts.
 pub fn route(method: &str, target: &str, has_body: bool, format: Format) -> Result<Route, Reply> {
-    let target = strip_absolute_form(target);
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
-    };
+    if !KNOWN_METHODS.contains(&method) {
+        let message = format!(
+            "method {} is not one fibd knows; its routes take GET, HEAD or POST (GET / lists them)",
+            echo(method)
+        );
+        return Err(Reply::error(501, "not_implemented", &message, format));
+    }
+    let (path, query) = path_and_query(target);
     let (route, allow): (Route, &'static str) = match path {
         "/" => (Route::Index, "GET, HEAD"),
         "/current" => (Route::Current, "GET, HEAD"),
@@ -815,14 +818,34 @@ GET  /metrics        Prometheus metrics
 Send 'Accept: application/json' for JSON; numbers are strings there.
 ";
 
-/// Accepts `http://host/path` request targets (absolute form) by dropping scheme and host.
-pub fn strip_absolute_form(target: &str) -> &str {
-    for scheme in ["http://", "https://"] {
-        if let Some(rest) = target.strip_prefix(scheme) {
-            return rest.find('/').map_or("/", |i| &rest[i..]);
-        }
+/// The methods RFC 9110 defines, and PATCH (RFC 5789). Any other is answered 501, as RFC 9110
+/// (9.1) says for a method the server does not recognise; these get 405 where a route does not
+/// take them, with the `Allow` header that a 405 must carry.
+const KNOWN_METHODS: [&str; 9] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+];
+
+/// The path and query of a request target. An absolute-form target (`http://host/path?query`,
+/// the scheme in any case, as RFC 3986 has it) loses its scheme and authority; its empty path
+/// is `/` (RFC 9110, 4.2.3), so `http://host?n=1` is `/` with the query `n=1`.
+pub fn path_and_query(target: &str) -> (&str, Option<&str>) {
+    let origin_form = ["http://", "https://"].iter().find_map(|scheme| {
+        let prefix = target.get(..scheme.len())?;
+        prefix.eq_ignore_ascii_case(scheme).then(|| {
+            let rest = &target[scheme.len()..];
+            rest.find(['/', '?'])
+                .map_or("", |authority_end| &rest[authority_end..])
+        })
+    });
+    let target = origin_form.unwrap_or(target);
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    match (path, origin_form) {
+        ("", Some(_)) => ("/", query),
+        _ => (path, query),
     }
-    target
 }
 
 /// Client input quoted for an error message, cut to a bounded length.
@@ -891,7 +914,27 @@ mod tests {
         assert_eq!(ok("GET", "/fib?n=0"), Route::FibList(0));
         assert_eq!(ok("GET", "/current?cache=bust"), Route::Current);
         assert_eq!(ok("GET", "http://example/next"), Route::Step(Step::Next));
+        assert_eq!(ok("GET", "HTTP://example/next"), Route::Step(Step::Next));
+        assert_eq!(
+            ok("GET", "Https://example:8080/next"),
+            Route::Step(Step::Next)
+        );
+        assert_eq!(ok("GET", "http://example"), Route::Index);
+        assert_eq!(ok("GET", "http://example?x"), Route::Index);
+        assert_eq!(ok("GET", "http://example?n=3"), Route::Index);
+        assert_eq!(ok("GET", "http://example?x/next"), Route::Index);
+        assert_eq!(ok("GET", "http://example/fib?n=3"), Route::FibList(3));
+        assert_eq!(status("GET", "ftp://example/next"), 404);
+        assert_eq!(status("GET", "http:/next"), 404);
         assert_eq!(status("DELETE", "/next"), 405);
+        assert_eq!(status("PATCH", "/next"), 405);
+        assert_eq!(status("OPTIONS", "/current"), 405);
+        // Unknown methods (method names are case-sensitive) are 501, whatever the target.
+        assert_eq!(status("FOO", "/current"), 501);
+        assert_eq!(status("get", "/current"), 501);
+        assert_eq!(status("BREW", "/nowhere"), 501);
+        let reply = route("FOO", "/next", false, Format::Text).unwrap_err();
+        assert_eq!(reply.allow, None);
         assert_eq!(status("HEAD", "/next"), 405);
         assert_eq!(status("POST", "/current"), 405);
         assert_eq!(status("GET", "/nope"), 404);

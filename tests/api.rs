@@ -221,6 +221,8 @@ fn every_error_status_with_a_clear_one_line_message() {
         ("DELETE", "/next", 405, "allowed: GET, POST"),
         ("POST", "/current", 405, "allowed: GET, HEAD"),
         ("PUT", "/fib/3", 405, "allowed: GET, HEAD"),
+        ("FOO", "/current", 501, "not one fibd knows"),
+        ("FOO", "/nowhere", 501, "GET, HEAD or POST"),
     ];
     for &(method, path, status, needle) in cases {
         let reply = request(server.addr, method, path, &[]);
@@ -259,6 +261,28 @@ fn every_error_status_with_a_clear_one_line_message() {
         "0",
         "rejected requests never move the cursor"
     );
+}
+
+#[test]
+fn absolute_form_targets_are_routed_by_their_path() {
+    let dir = TempDir::new("absolute");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    // The scheme is case-insensitive, and an empty path is `/`, the query kept.
+    for (target, body) in [
+        ("http://x/fib/10", "55\n"),
+        ("HTTP://x/fib/10", "55\n"),
+        ("Https://x:8080/fib?n=3", "0\n1\n1\n"),
+    ] {
+        let reply = request(server.addr, "GET", target, &[]);
+        assert_eq!((reply.status, reply.body.as_str()), (200, body), "{target}");
+    }
+    // A slash in the query is not the path: this is the index, and no step.
+    for target in ["http://x", "http://x?y", "http://x?y/next"] {
+        let reply = request(server.addr, "GET", target, &[]);
+        assert_eq!(reply.status, 200, "{target}");
+        assert!(reply.body.starts_with("fibd: "), "{target}: the index");
+    }
+    assert_eq!(server.value("/current"), "0");
 }
 
 #[test]
