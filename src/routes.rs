@@ -552,6 +552,14 @@ pub fn route(method: &str, target: &str, has_body: bool, format: Format) -> Resu
 
 /// Validates the `{n}` of `/fib/{n}`: 400 unless a plain decimal, 422 past F(186).
 fn check_n(n: &str, format: Format) -> Result<u8, Reply> {
+    if n.is_empty() {
+        let message = format!(
+            "the index n is missing from the path: /fib/{{n}} with 0 <= n <= {}, or /fib?n=N \
+             to list F(0)..F(N-1)",
+            fib::INDEX_MAX
+        );
+        return Err(Reply::error(400, "invalid_n", &message, format));
+    }
     match parse_plain_decimal(n) {
         Decimal::Invalid => Err(Reply::error(
             400,
@@ -570,7 +578,7 @@ fn check_n(n: &str, format: Format) -> Result<u8, Reply> {
             "out_of_range",
             &format!(
                 "F({}) does not fit in 128 bits; n must be 0 <= n <= {}",
-                echo(n),
+                echo_digits(n),
                 fib::INDEX_MAX
             ),
             format,
@@ -622,7 +630,7 @@ fn list_len(query: Option<&str>, format: Format) -> Result<u8, Reply> {
             &format!(
                 "N = {} would list numbers past F(186), which do not fit in 128 bits; \
                  N must be 0 <= N <= {LIST_LEN_MAX}",
-                echo(n)
+                echo_digits(n)
             ),
             format,
         )),
@@ -866,6 +874,16 @@ fn echo(input: &str) -> String {
     out
 }
 
+/// Client input that is all digits, for an error message: unquoted, as digits need no
+/// escaping, and cut to the length `echo` keeps.
+fn echo_digits(digits: &str) -> String {
+    debug_assert!(digits.bytes().all(|b| b.is_ascii_digit()));
+    match digits.get(..ECHO_BYTES_MAX) {
+        Some(cut) if cut.len() < digits.len() => format!("{cut}..."),
+        _ => digits.to_string(),
+    }
+}
+
 fn push_json_string(out: &mut String, s: &str) {
     out.push('"');
     for c in s.chars() {
@@ -967,6 +985,22 @@ mod tests {
         assert_eq!(status("GET", "/fib?m=1"), 400);
         let reply = route("GET", "/fib?n", false, Format::Text).unwrap_err();
         assert!(reply.body.contains("n has no value"), "{}", reply.body);
+        // Numbers are quoted as numbers; a long one is cut short.
+        let message = |target: &str| route("GET", target, false, Format::Text).unwrap_err().body;
+        assert!(message("/fib/999").starts_with("F(999) does not fit"));
+        assert!(message("/fib?n=999").starts_with("N = 999 would list"));
+        let long = message(&format!("/fib/{}", "9".repeat(1000)));
+        assert!(
+            long.starts_with(&format!("F({}...)", "9".repeat(64))),
+            "{long}"
+        );
+        for missing in ["/fib/", "/fib/?n=3"] {
+            let body = message(missing);
+            assert!(
+                body.starts_with("the index n is missing from the path"),
+                "{body}"
+            );
+        }
     }
 
     #[test]

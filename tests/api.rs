@@ -207,7 +207,9 @@ fn every_error_status_with_a_clear_one_line_message() {
         ("GET", "/fib/+5", 400, "plain decimal"),
         ("GET", "/fib/007", 400, "leading zeros"),
         ("GET", "/fib/1%30", 400, "plain decimal"),
-        ("GET", "/fib/187", 422, "does not fit in 128 bits"),
+        ("GET", "/fib/187", 422, "F(187) does not fit in 128 bits"),
+        ("GET", "/fib/", 400, "index n is missing from the path"),
+        ("GET", "/fib/?n=3", 400, "/fib?n=N to list"),
         (
             "GET",
             "/fib/340282366920938463463374607431768211456000",
