@@ -123,9 +123,9 @@ struct Meta {
     body_unread: bool,
     /// Whether the request's end is unclear (an ambiguous Content-Length, or any
     /// Transfer-Encoding, whose body tiny_http leaves on the socket, or an HTTP version fibd
-    /// does not speak), so that what tiny_http
-    /// reads after it on the connection is not a request the client meant: the reply closes
-    /// the connection, and whatever follows on it is dropped or refused, never served.
+    /// does not speak), so that what tiny_http reads after it on the connection is not a
+    /// request the client meant: the reply closes the connection, and whatever follows on it
+    /// is dropped or refused, never served.
     framing_lost: bool,
 }
 
