@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::io;
 use std::rc::Rc;
 
-use crate::slot::SLOT_BYTES;
+use crate::slot::{self, SLOT_BYTES};
 use crate::state_file::SlotFile;
 
 /// A handle to one simulated state file; clones share it, so a test keeps one while the code
@@ -26,7 +26,16 @@ struct Disk {
     dirty: [bool; 2],
     /// Writes and syncs left before the power goes; `None` keeps it on.
     power_left: Option<usize>,
-    writes: usize,
+    /// Every write and sync done, in order.
+    done: Vec<Op>,
+}
+
+/// One thing done to the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A write of the slot at this position.
+    Write(usize),
+    Sync,
 }
 
 impl SimDisk {
@@ -38,7 +47,7 @@ impl SimDisk {
                 platter: file.to_vec(),
                 dirty: [false; 2],
                 power_left: None,
-                writes: 0,
+                done: Vec::new(),
             })),
         }
     }
@@ -60,9 +69,9 @@ impl SimDisk {
         self.disk.borrow().platter.clone()
     }
 
-    /// Writes done so far.
-    pub fn writes(&self) -> usize {
-        self.disk.borrow().writes
+    /// Every write and sync done so far, in order.
+    pub fn done(&self) -> Vec<Op> {
+        self.disk.borrow().done.clone()
     }
 
     /// Forgets that the cache holds writes the platter lacks, as Linux may after a failed
@@ -71,18 +80,38 @@ impl SimDisk {
         self.disk.borrow_mut().dirty = [false; 2];
     }
 
-    /// The platter as a power cut now would leave it: the disk may have written back any
-    /// unsynced slot on its own, or not, or torn it. `cut(n)` picks, below `n`, how many of
-    /// the slot's new bytes reached the platter before the power went.
-    pub fn after_power_cut(&self, mut cut: impl FnMut(usize) -> usize) -> Vec<u8> {
+    /// The platter as a power cut now would leave it. The disk may have written back any
+    /// unsynced slot on its own before the power went, or not started it, or been part way:
+    /// `pick(3)` chooses, for each such slot, the old bytes (0), the new ones (1), or a slot
+    /// that no longer reads as one (2). A tear at a sector boundary is one of the first two,
+    /// since a slot's header and checksum sit in its first sector; within a sector, or on a
+    /// disk that garbles what it was writing, it is the third.
+    pub fn after_power_cut(&self, mut pick: impl FnMut(usize) -> usize) -> Vec<u8> {
         let disk = self.disk.borrow();
         let mut platter = disk.platter.clone();
         for position in (0..2).filter(|&position| disk.dirty[position]) {
-            let start = position * SLOT_BYTES;
-            let written = cut(SLOT_BYTES + 1);
-            platter[start..start + written].copy_from_slice(&disk.cache[start..start + written]);
+            let slot = position * SLOT_BYTES..(position + 1) * SLOT_BYTES;
+            match pick(3) {
+                0 => {}
+                1 => platter[slot.clone()].copy_from_slice(&disk.cache[slot]),
+                _ => platter[slot].fill(0xA5),
+            }
         }
         platter
+    }
+
+    /// Cuts the power now (`after_power_cut`, each choice thrown by `dice`) and checks that what
+    /// is left recovers to a state holding every step acknowledged: for tests whose steps only
+    /// go forward, an index of at least `acknowledged`. `round` names the case in a failure.
+    pub fn assert_power_cut_keeps(&self, dice: &mut Dice, acknowledged: u8, round: usize) {
+        let after = self.after_power_cut(|n| dice.below(n));
+        let recovered = slot::recover(&after)
+            .unwrap_or_else(|e| panic!("round {round}: nothing to recover: {e}"));
+        assert!(
+            recovered.slot.cursor.index() >= acknowledged,
+            "round {round}: recovered {} after acknowledging {acknowledged}",
+            recovered.slot.cursor.index()
+        );
     }
 }
 
@@ -110,13 +139,14 @@ impl SlotFile for SimDisk {
         );
         disk.cache[start..start + SLOT_BYTES].copy_from_slice(bytes);
         disk.dirty[start / SLOT_BYTES] = true;
-        disk.writes += 1;
+        disk.done.push(Op::Write(start / SLOT_BYTES));
         Ok(())
     }
 
     fn sync_data(&self) -> io::Result<()> {
         let mut disk = self.disk.borrow_mut();
         disk.use_power()?;
+        disk.done.push(Op::Sync);
         for position in 0..2 {
             if std::mem::take(&mut disk.dirty[position]) {
                 let range = position * SLOT_BYTES..(position + 1) * SLOT_BYTES;

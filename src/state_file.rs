@@ -88,12 +88,12 @@ impl StateFile {
             path: path.to_path_buf(),
             cause: Cause::Corrupt(err),
         })?;
-        settle(&file, &bytes, &recovered, path)?;
-        let state = StateFile {
+        let mut state = StateFile {
             file,
             path: path.to_path_buf(),
             sequence: recovered.slot.sequence,
         };
+        state.settle(recovered.slot.cursor)?;
         Ok((state, recovered))
     }
 }
@@ -111,34 +111,28 @@ impl<F> StateFile<F> {
     }
 }
 
-/// Makes the recovered slot durable before anything is served from it or written beside it.
-///
-/// The bytes just read came from the page cache, not necessarily from the disk. A process
-/// that died between a commit's write and its fdatasync (killed, or exiting because that
-/// fdatasync failed) leaves the slot in the cache only, and a restart finds it there: serving
-/// it would show a state a power cut can take back, and the first commit would overwrite the
-/// other slot, which may be the only one on disk. An fdatasync covers a slot still dirty in
-/// the cache. After a failed fdatasync, though, Linux may have marked the page clean without
-/// writing it, leaving a later fdatasync nothing to write; so when the other slot is valid too,
-/// the recovered slot is first written again, byte for byte. Should that write tear, the other
-/// slot is the fallback, and it holds everything acknowledged, since a step is acknowledged
-/// only after its own slot was synced. A lone valid slot is not rewritten: a torn rewrite
-/// would leave no valid slot at all, and a lone slot was read from the disk (its neighbour is
-/// damaged on the disk, or the file is new and was synced before it got its name).
-fn settle<F: SlotFile>(
-    file: &F,
-    bytes: &[u8],
-    recovered: &Recovered,
-    path: &Path,
-) -> Result<(), Error> {
-    if recovered.other_slot_error.is_none() {
-        let offset = slot::offset_of(recovered.slot.sequence);
-        let start = usize::try_from(offset).expect("a slot offset fits in memory");
-        file.write_slot(&bytes[start..start + slot::SLOT_BYTES], offset)
-            .map_err(|e| Error::io(Operation::Write, path, e))?;
+impl<F: SlotFile> StateFile<F> {
+    /// Makes the recovered `cursor` durable before anything is served from it.
+    ///
+    /// The slot just read came from the page cache, not necessarily from the disk. A process
+    /// that died between a commit's write and its fdatasync (killed, or exiting because that
+    /// fdatasync failed) leaves the slot in the cache only, and a restart finds it there:
+    /// serving it would show a state a power cut can take back, and the next commit would
+    /// overwrite the other slot, which may be the only one on disk. So, first, an fdatasync:
+    /// it writes a slot still dirty in the cache, before anything is written beside it. After
+    /// a failed fdatasync, though, Linux may have marked the page clean without writing it,
+    /// and that fdatasync has nothing to write; so, second, the cursor is committed again, as
+    /// any commit is: into the older slot, then fdatasync. The newest slot is never written,
+    /// so a power cut now leaves it as it was. (One case stays open: if the newest slot was
+    /// marked clean unwritten, a power cut that tears this very commit leaves the slot before
+    /// it, and loses the last step acknowledged before that failure. It takes a failed
+    /// writeback and a power cut within this start.)
+    fn settle(&mut self, cursor: Cursor) -> Result<(), Error> {
+        self.file
+            .sync_data()
+            .map_err(|e| Error::io(Operation::Sync, &self.path, e))?;
+        self.commit(cursor)
     }
-    file.sync_data()
-        .map_err(|e| Error::io(Operation::Sync, path, e))
 }
 
 impl<F: SlotFile> Storage for StateFile<F> {
@@ -230,7 +224,7 @@ fn write_new(temp: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim_disk::SimDisk;
+    use crate::sim_disk::{Dice, Op, SimDisk};
     use std::os::unix::fs::PermissionsExt;
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -254,7 +248,8 @@ mod tests {
         drop(state);
         let (_, recovered) = StateFile::open(&path).unwrap();
         assert_eq!(recovered.slot.cursor.index(), 2);
-        assert_eq!(recovered.slot.sequence, 5);
+        // Sequences 0 and 1 are the new file's, 2 its first start's, 3 to 6 the commits.
+        assert_eq!(recovered.slot.sequence, 6);
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temporary file left behind");
         fs::remove_dir_all(&dir).unwrap();
@@ -329,72 +324,112 @@ mod tests {
         assert!(state.file.calls.borrow().is_empty(), "nothing was written");
     }
 
-    /// The file as a commit of `index` at `sequence` leaves it in the page cache, before its
-    /// fdatasync: on a disk that held `durable_index` at the sequence before.
-    fn unsynced_commit(durable_index: u64, index: u64, sequence: u64) -> SimDisk {
+    /// A disk whose file holds `index` at sequence 9, in slot 1, and `index - 1` at sequence
+    /// 8, in slot 0 (each commit before moved the cursor by one, so each sequence has an index
+    /// of its own): on the platter too unless `unsynced`, as a process killed between the
+    /// last commit's write and its fdatasync leaves it. (Or, `marked_clean` as well, as a
+    /// failed fdatasync may leave it: the cache holds what the platter never got, and nothing
+    /// is left for a later fdatasync to write.)
+    fn disk_at(index: u64, unsynced: bool, marked_clean: bool) -> SimDisk {
         let disk = SimDisk::new(&slot::initial_file());
         let mut state = StateFile::over(disk.clone(), 1);
-        while state.sequence + 1 < sequence {
-            state.commit(Cursor::at(durable_index).unwrap()).unwrap();
+        for sequence in 2..=8 {
+            let index = (index + sequence).saturating_sub(9);
+            state.commit(Cursor::at(index).unwrap()).unwrap();
         }
-        let slot = Slot {
-            sequence,
+        let newest = slot::encode(Slot {
+            sequence: 9,
             cursor: Cursor::at(index).unwrap(),
-        };
-        disk.write_slot(&slot::encode(slot), slot::offset_of(sequence))
-            .unwrap();
+        });
+        disk.write_slot(&newest, slot::offset_of(9)).unwrap();
+        if !unsynced {
+            disk.sync_data().unwrap();
+        } else if marked_clean {
+            disk.mark_clean();
+        }
         disk
     }
 
+    /// What a restart recovers from `disk`, and the state file it then settles.
+    fn restart(disk: &SimDisk) -> (Recovered, Result<(), Error>) {
+        let recovered = slot::recover(&disk.cache()).unwrap();
+        let mut state = StateFile::over(disk.clone(), recovered.slot.sequence);
+        let settled = state.settle(recovered.slot.cursor);
+        (recovered, settled)
+    }
+
     #[test]
-    fn a_restart_makes_the_slot_it_recovered_durable_before_serving_it() {
-        // Killed between a commit's write and its fdatasync, the slot is dirty in the cache;
-        // after a failed fdatasync Linux may instead have marked it clean, never written.
+    fn a_restart_makes_the_state_it_recovered_durable_before_serving_it() {
         for marked_clean in [false, true] {
-            let disk = unsynced_commit(4, 5, 9);
-            if marked_clean {
-                disk.mark_clean();
-            }
-            let bytes = disk.cache();
-            let recovered = slot::recover(&bytes).unwrap();
+            let disk = disk_at(5, true, marked_clean);
+            let durable = slot::recover(&disk.platter()).unwrap().slot;
+            assert_eq!(durable.cursor.index(), 4, "the test's premise");
+            let (recovered, settled) = restart(&disk);
             assert_eq!(
                 recovered.slot.cursor.index(),
                 5,
-                "the restart reads the cache"
+                "a restart reads the cache"
             );
-            let on_platter = slot::recover(&disk.platter()).unwrap().slot;
-            assert_eq!(on_platter.cursor.index(), 4, "the test's premise");
-
-            settle(&disk, &bytes, &recovered, Path::new("sim/fibd.state")).unwrap();
-            let on_platter = slot::recover(&disk.platter()).unwrap().slot;
+            settled.unwrap();
+            let durable = slot::recover(&disk.platter()).unwrap().slot;
             assert_eq!(
-                on_platter, recovered.slot,
-                "what is served after a restart is on the disk (marked clean: {marked_clean})"
+                durable.cursor, recovered.slot.cursor,
+                "what a restart serves is on the disk (marked clean: {marked_clean})"
             );
         }
     }
 
     #[test]
-    fn a_lone_valid_slot_is_synced_but_never_rewritten() {
+    fn a_restart_syncs_first_and_never_writes_the_newest_slot() {
+        let disk = disk_at(5, false, false);
+        let before = disk.done().len();
+        restart(&disk).1.unwrap();
+        // The newest slot, sequence 9, is at position 1: the commit goes to position 0.
+        assert_eq!(disk.done()[before..], [Op::Sync, Op::Write(0), Op::Sync]);
+    }
+
+    #[test]
+    fn a_power_cut_during_a_restart_loses_nothing_acknowledged() {
+        let mut dice = Dice(0x2545_F491_4F6C_DD1D);
+        for round in 0..300 {
+            // A process killed before its last fdatasync acknowledged only index 4; one that
+            // synced it, index 5.
+            let unsynced = round % 2 == 0;
+            let disk = disk_at(5, unsynced, false);
+            let acknowledged = if unsynced { 4 } else { 5 };
+            disk.cut_power_after(dice.below(4));
+            let _ = restart(&disk);
+            disk.assert_power_cut_keeps(&mut dice, acknowledged, round);
+        }
+    }
+
+    #[test]
+    fn a_lone_valid_slot_is_never_written_over() {
         let mut file = slot::initial_file();
         file[..slot::SLOT_BYTES].fill(0xAB); // slot 0 damaged on the disk
         let disk = SimDisk::new(&file);
-        let recovered = slot::recover(&file).unwrap();
+        let (recovered, settled) = restart(&disk);
         assert!(recovered.other_slot_error.is_some());
-        settle(&disk, &file, &recovered, Path::new("sim/fibd.state")).unwrap();
-        assert_eq!(disk.writes(), 0, "a torn rewrite would leave no valid slot");
-        assert_eq!(disk.platter(), file);
+        settled.unwrap();
+        assert_eq!(disk.done(), [Op::Sync, Op::Write(0), Op::Sync]);
+        assert_eq!(disk.platter()[slot::SLOT_BYTES..], file[slot::SLOT_BYTES..]);
+        assert!(
+            slot::recover(&disk.platter())
+                .unwrap()
+                .other_slot_error
+                .is_none()
+        );
     }
 
     #[test]
     fn a_failed_settle_is_an_error_naming_the_file() {
-        let disk = unsynced_commit(4, 5, 9);
-        disk.cut_power_after(1); // the rewrite goes through, its fdatasync fails
-        let bytes = disk.cache();
-        let recovered = slot::recover(&bytes).unwrap();
-        let err = settle(&disk, &bytes, &recovered, Path::new("sim/fibd.state")).unwrap_err();
-        assert_eq!(err.operation, Operation::Sync);
-        assert!(err.to_string().contains("sim/fibd.state"), "{err}");
+        for (power_for, operation) in [(0, Operation::Sync), (1, Operation::Write)] {
+            let disk = disk_at(5, true, false);
+            disk.cut_power_after(power_for);
+            let err = restart(&disk).1.unwrap_err();
+            assert_eq!(err.operation, operation);
+            assert!(err.to_string().contains("simulated/fibd.state"), "{err}");
+        }
     }
 
     #[test]

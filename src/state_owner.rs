@@ -326,14 +326,7 @@ mod tests {
                 },
                 |_| {},
             );
-            let after = disk.after_power_cut(|n| dice.below(n));
-            let recovered = slot::recover(&after)
-                .unwrap_or_else(|e| panic!("round {round}: nothing to recover: {e}"));
-            assert!(
-                recovered.slot.cursor.index() >= acknowledged,
-                "round {round}: recovered {} after acknowledging {acknowledged}",
-                recovered.slot.cursor.index()
-            );
+            disk.assert_power_cut_keeps(&mut dice, acknowledged, round);
         }
     }
 
