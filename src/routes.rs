@@ -436,7 +436,7 @@ pub fn content_length_conflicts(length: &mut Option<usize>, value: &str) -> bool
 pub fn check_head(head: &Head, format: Format) -> Result<(), Reply> {
     if !version_served(head.version) {
         let message = format!(
-            "HTTP/{}.{} is not served; send HTTP/1.1 or HTTP/1.0. The connection is closed",
+            "HTTP/{}.{} is not served; send HTTP/1.1 or HTTP/1.0, on a new connection",
             head.version.0, head.version.1
         );
         return Err(Reply::error(400, "unsupported_version", &message, format));
@@ -841,7 +841,9 @@ pub fn path_and_query(target: &str) -> (&str, Option<&str>) {
         let prefix = target.get(..scheme.len())?;
         prefix.eq_ignore_ascii_case(scheme).then(|| {
             let rest = &target[scheme.len()..];
-            rest.find(['/', '?'])
+            // The authority ends where the path, the query or a fragment begins; a fragment
+            // has no place in a request target, and what follows it is never the path.
+            rest.find(['/', '?', '#'])
                 .map_or("", |authority_end| &rest[authority_end..])
         })
     });
@@ -941,6 +943,8 @@ mod tests {
         assert_eq!(ok("GET", "http://example?x"), Route::Index);
         assert_eq!(ok("GET", "http://example?n=3"), Route::Index);
         assert_eq!(ok("GET", "http://example?x/next"), Route::Index);
+        assert_eq!(status("GET", "http://example#frag/next"), 404);
+        assert_eq!(status("GET", "/current#frag"), 404);
         assert_eq!(ok("GET", "http://example/fib?n=3"), Route::FibList(3));
         assert_eq!(status("GET", "ftp://example/next"), 404);
         assert_eq!(status("GET", "http:/next"), 404);
