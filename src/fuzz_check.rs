@@ -5,30 +5,41 @@ use crate::cursor::Cursor;
 use crate::routes::{self, Format, Head};
 use crate::slot;
 
-/// Takes the first byte of `data` as flags and splits the rest into a method, a request target
-/// and an Accept header, routes it, and checks that the answer is a well-formed success or a
-/// one-line 4xx (or the 501 of a method fibd does not know), never a panic or another 5xx. The
-/// flags come from a byte of their own so that any
-/// method, `GET` included, can be fuzzed with and without each of them. Returns the status.
+/// Takes the first byte of `data` as flags and splits the rest, by lines, into a method, a
+/// request target, an Accept header and a Host header, routes it, and checks that the answer
+/// is a well-formed success or a one-line 4xx (or the 501 of a method fibd does not know),
+/// never a panic or another 5xx; and that JSON is only chosen when the Accept header names an
+/// `application/` type. The flags come from a byte of their own so that any method, `GET`
+/// included, can be fuzzed with and without each of them: bit 0 drops the Host header, bit 3
+/// sends it twice, bit 1 says there is a body, bit 2 that its length is ambiguous, and the top
+/// four bits count the header fields. Returns the status.
 pub fn route_request(data: &[u8]) -> u16 {
     let (flags, text) = data.split_first().map_or((0, &[][..]), |(f, t)| (*f, t));
     let text = String::from_utf8_lossy(text);
-    let mut parts = text.splitn(3, '\n');
+    let mut parts = text.splitn(4, '\n');
     let method = parts.next().unwrap_or_default();
     let target = parts.next().unwrap_or_default();
     let accept = parts.next();
+    let host = parts.next().unwrap_or("localhost");
     let format = Format::from_accept(accept);
+    if format == Format::Json {
+        let accept = accept.unwrap_or_default();
+        assert!(
+            routes::contains_ignore_case(accept, "application/"),
+            "JSON for {accept:?}"
+        );
+    }
+    let host_fields = match flags & 9 {
+        0 => 1,
+        1 => 0,
+        _ => 2,
+    };
     let head = Head {
         version: (1, 1),
         target_bytes: target.len(),
-        header_bytes: accept.map_or(0, str::len),
+        header_bytes: accept.map_or(0, str::len) + host.len(),
         header_fields: usize::from(flags >> 4),
-        host: match flags & 9 {
-            0 => routes::HostField::Fine,
-            1 => routes::HostField::Missing,
-            8 => routes::HostField::Repeated,
-            _ => routes::HostField::Invalid,
-        },
+        host: routes::HostField::judge((1, 1), host_fields, Some(host)),
         length_ambiguous: flags & 4 == 4,
     };
     let has_body = flags & 2 == 2;
@@ -112,7 +123,13 @@ mod tests {
         assert_eq!(route_request(b"\0GET\n/nowhere\n"), 404);
         assert_eq!(route_request(b"\x01GET\n/fib/10\n"), 400, "missing Host");
         assert_eq!(route_request(b"\x08GET\n/fib/10\n"), 400, "two Hosts");
-        assert_eq!(route_request(b"\x09GET\n/fib/10\n"), 400, "an invalid Host");
+        assert_eq!(
+            route_request(b"\0GET\n/fib/10\n\na b"),
+            400,
+            "an invalid Host"
+        );
+        assert_eq!(route_request(b"\0GET\n/fib/10\n\n[::1]:80"), 200, "IPv6");
+        assert_eq!(route_request(b"\0GET\n/fib/10\n\n"), 200, "an empty Host");
         assert_eq!(route_request(b"\x02GET\n/fib/10\n"), 400, "a body");
         assert_eq!(
             route_request(b"\x04GET\n/fib/10\n"),
