@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Deployment tests (issue 4): the static binary in an empty chroot, the scratch
-# container under podman, the systemd unit under a real systemd (in a
+# Deployment tests (issue 4): the static binary in an empty chroot, a failing disk
+# (strace injects EIO into the real binary's fdatasync), the scratch container under podman, the systemd unit under a real systemd (in a
 # container), the OpenRC service under a real supervise-daemon (in a PID and
 # mount namespace), install.sh under both, and scripts/smoke.sh itself.
 #
@@ -44,7 +44,7 @@ apt_install() {
 
 missing=()
 for pair in curl:curl file:file flock:util-linux unshare:util-linux \
-    nsenter:util-linux shellcheck:shellcheck debootstrap:debootstrap; do
+    nsenter:util-linux shellcheck:shellcheck debootstrap:debootstrap strace:strace; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# A disk that fails, end to end: strace makes the state file's fdatasync fail (EIO) in the
+# real binary, and fibd must answer the step 503, write nothing more, exit 1 for its
+# supervisor, and start again from the file. Also a failure at start-up (the fdatasync of the
+# state it recovered) and one while a SIGTERM drains the last steps. The unit tests inject
+# the same faults below the file API; this is the whole process, signals and exit codes
+# included.
+# shellcheck source=tests/deploy/lib.sh
+. "$(dirname "$0")/lib.sh"
+need_root
+
+if ! command -v strace >/dev/null 2>&1; then
+    skip "disk failures" "strace is not installed"
+    exit 0
+fi
+if ! strace -qq -o /dev/null true 2>/dev/null; then
+    skip "disk failures" "ptrace is not permitted here"
+    exit 0
+fi
+
+state="$WORK/fibd.state"
+
+# start_fibd: fibd on a free port with $state; sets $pid and $base, or fails.
+start_fibd() {
+    : >"$WORK/stderr"
+    "$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$state" 2>>"$WORK/stderr" &
+    pid=$!
+    on_exit "kill_wait $pid"
+    wait_for 10 grep -q 'event=start' "$WORK/stderr" || return 1
+    base="http://127.0.0.1:$(sed -n 's/.*event=start.* listen=[^ ]*:\([0-9][0-9]*\) .*/\1/p' "$WORK/stderr")"
+}
+
+# traced: true once every thread of $pid has a tracer, so no fdatasync escapes the injection.
+traced() {
+    local status
+    for status in /proc/"$pid"/task/*/status; do
+        grep -q '^TracerPid:[[:space:]]*0$' "$status" && return 1
+    done
+    return 0
+}
+
+# inject SPEC: attach strace to the running fibd (every thread) with `-e inject=SPEC`, after
+# start-up, so that only the steps' fdatasyncs meet it; the trace goes to $WORK/trace.
+inject() {
+    strace -f -qq -p "$pid" -o "$WORK/trace" -e trace=pwrite64,fdatasync -e "inject=$1" &
+    on_exit "kill_wait $!"
+    wait_for 10 traced
+}
+
+# wait_exit: sets $rc to the exit status of $pid once it has exited, or to "running" if it
+# is still running after 10 s. (Not a command substitution: only this shell can wait for it.)
+wait_exit() {
+    rc=running
+    timeout 10 tail --pid="$pid" -f /dev/null 2>/dev/null || return 0
+    rc=0
+    wait "$pid" || rc=$?
+}
+
+# 1. A step whose fdatasync fails.
+start_fibd || { fail "fibd starts" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"; exit 0; }
+check_eq "a step before the failure" "$(curl -s -X POST "$base/next")" "1" || true
+inject fdatasync:error=EIO || { fail "strace attaches"; exit 0; }
+code=$(curl -s -o "$WORK/body" -w '%{http_code}' -X POST "$base/next" || true)
+check_eq "the step whose fdatasync failed is answered 503" "$code" "503" || true
+wait_exit
+check_eq "fibd exits 1, for its supervisor to restart it" "$rc" "1" || true
+kill_wait "$pid" # should it still run, the restart below would find the file locked
+check "the log names the operation and the file" \
+    grep -q "event=storage_failed error=\"cannot fdatasync state file $state: " "$WORK/stderr" || true
+# After the failed fdatasync, nothing is written or synced again: no blind retry.
+check_eq "no write or fdatasync after the failed one" \
+    "$(sed -n '/fdatasync.*INJECTED/,$p' "$WORK/trace" | grep -c -E 'pwrite64|fdatasync')" "1" || true
+start_fibd || { fail "fibd starts again" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"; exit 0; }
+# The failed step's write reached the page cache (only its fdatasync failed), so the restart
+# may find it there. It was never acknowledged, so index 1 and index 2 are both right; the
+# restart made whichever it found durable before serving it.
+index=$(curl -s -H 'Accept: application/json' "$base/current" | sed -n 's/.*"index":\([0-9]*\).*/\1/p')
+case $index in
+    1 | 2) pass "restarted from the file at index $index (1 acknowledged, 2 not)" ;;
+    *) fail "restarted from the file" "index '$index'" ;;
+esac
+check_eq "steps work again after the restart" "$(curl -s -o /dev/null -w '%{http_code}' -X POST "$base/next")" "200" || true
+kill_wait "$pid"
+
+# 2. The fdatasync of start-up, which makes the recovered state durable before serving.
+before=$(od -An -tx1 "$state" | md5sum)
+strace -f -qq -o /dev/null -e trace=fdatasync -e inject=fdatasync:error=EIO:when=1 \
+    "$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$state" 2>"$WORK/stderr" &
+pid=$!
+# Here $pid is strace's; killing it would leave fibd running, detached: kill fibd first.
+on_exit "pkill -9 -P $pid; kill_wait $pid"
+wait_exit
+pkill -9 -P "$pid" 2>/dev/null || true
+check_eq "a failed start-up fdatasync exits 1" "$rc" "1" || true
+check "it is logged as an unusable state file, naming the operation" \
+    grep -q "event=state_file_unusable error=\"cannot fdatasync state file $state: " "$WORK/stderr" || true
+check "no event=start: nothing was served" sh -c "! grep -q 'event=start' '$WORK/stderr'" || true
+check_eq "the file is as it was" "$(od -An -tx1 "$state" | md5sum)" "$before" || true
+
+# 3. A failure while SIGTERM drains the last steps still exits 1 (not 0).
+start_fibd || { fail "fibd starts" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"; exit 0; }
+inject fdatasync:error=EIO:delay_enter=500000 || { fail "strace attaches"; exit 0; }
+curl -s -o /dev/null -w '%{http_code}' -X POST "$base/next" >"$WORK/code" &
+on_exit "kill_wait $!"
+# The step is in its (delayed) fdatasync when the signal arrives.
+sleep 0.2
+kill -TERM "$pid"
+wait_exit
+check_eq "a commit failing during shutdown exits 1" "$rc" "1" || true
+check "and says so in the log" grep -q "event=failed_while_stopping reason=storage_failed" "$WORK/stderr" || true
+wait_for 5 test -s "$WORK/code" || true
+check_eq "the step in flight is answered 503" "$(cat "$WORK/code")" "503" || true
