@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::path::Path;
 use std::rc::Rc;
 
 use crate::slot::{self, SLOT_BYTES};
@@ -28,6 +29,8 @@ struct Disk {
     power_left: Option<usize>,
     /// Every write and sync done, in order.
     done: Vec<Op>,
+    /// Whether a read past the cache (O_DIRECT) works, as it does on most file systems.
+    direct_reads: bool,
 }
 
 /// One thing done to the disk.
@@ -48,8 +51,15 @@ impl SimDisk {
                 dirty: [false; 2],
                 power_left: None,
                 done: Vec::new(),
+                direct_reads: true,
             })),
         }
+    }
+
+    /// Makes reads past the cache fail as unsupported, as on a file system without O_DIRECT.
+    pub fn without_direct_reads(self) -> SimDisk {
+        self.disk.borrow_mut().direct_reads = false;
+        self
     }
 
     /// Lets `operations` more writes or syncs through; every one after fails, as if the
@@ -141,6 +151,15 @@ impl SlotFile for SimDisk {
         disk.dirty[start / SLOT_BYTES] = true;
         disk.done.push(Op::Write(start / SLOT_BYTES));
         Ok(())
+    }
+
+    fn read_cached(&self) -> io::Result<Vec<u8>> {
+        Ok(self.cache())
+    }
+
+    fn read_from_disk(&self, _path: &Path) -> io::Result<Option<Vec<u8>>> {
+        let disk = self.disk.borrow();
+        Ok(disk.direct_reads.then(|| disk.platter.clone()))
     }
 
     fn sync_data(&self) -> io::Result<()> {

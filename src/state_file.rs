@@ -27,12 +27,19 @@ pub struct StateFile<F = File> {
     sequence: u64,
 }
 
-/// The two things a commit does to the file. A trait, so that a test can see that the
-/// fdatasync follows the write, and that a commit whose fdatasync fails is not `Ok`: no test
-/// of a whole process can tell a synced write from an unsynced one short of a power cut.
+/// What fibd does to its state file: a commit writes a slot and syncs it; start-up syncs and
+/// reads. A trait, so that tests can run these against a simulated disk (`sim_disk.rs`) and
+/// see what a power cut would leave: no test of a whole process can tell a synced write from
+/// an unsynced one short of a power cut.
 pub trait SlotFile {
     fn write_slot(&self, bytes: &[u8], offset: u64) -> io::Result<()>;
     fn sync_data(&self) -> io::Result<()>;
+    /// The file's bytes as a read sees them (through the page cache), up to one byte past
+    /// the size of a state file, so that an over-long file is noticed.
+    fn read_cached(&self) -> io::Result<Vec<u8>>;
+    /// The file's `slot::FILE_BYTES` as the disk holds them, read past the page cache, or
+    /// `None` where the platform or the file system at `path` cannot read that way.
+    fn read_from_disk(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
 }
 
 impl SlotFile for File {
@@ -43,7 +50,55 @@ impl SlotFile for File {
     fn sync_data(&self) -> io::Result<()> {
         File::sync_data(self)
     }
+
+    fn read_cached(&self) -> io::Result<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(slot::FILE_BYTES + 1);
+        self.take(slot::FILE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)?;
+        Ok(bytes)
+    }
+
+    fn read_from_disk(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
+        let Some(flag) = O_DIRECT else {
+            return Ok(None);
+        };
+        // A file system without direct reads refuses the flag, or the read, with EINVAL.
+        let unsupported = |e: &io::Error| e.kind() == io::ErrorKind::InvalidInput;
+        let direct = match OpenOptions::new().read(true).custom_flags(flag).open(path) {
+            Ok(direct) => direct,
+            Err(e) if unsupported(&e) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // Direct reads go to and from memory aligned to the device's block size, at most
+        // `DIRECT_READ_ALIGN_BYTES`; the length and offset (8 KiB at 0) are aligned already.
+        let mut buffer = vec![0u8; slot::FILE_BYTES + DIRECT_READ_ALIGN_BYTES];
+        let start = buffer.as_ptr().align_offset(DIRECT_READ_ALIGN_BYTES);
+        let aligned = &mut buffer[start..start + slot::FILE_BYTES];
+        match direct.read_exact_at(aligned, 0) {
+            Ok(()) => Ok(Some(aligned.to_vec())),
+            Err(e) if unsupported(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
+
+/// Linux's `O_DIRECT`, whose value differs between architectures; `None` where this file
+/// does not know it, and start-up then reads through the page cache.
+#[cfg(any(target_arch = "x86", target_arch = "x86_64", target_arch = "riscv64"))]
+const O_DIRECT: Option<i32> = Some(0o40_000);
+#[cfg(any(target_arch = "aarch64", target_arch = "arm"))]
+const O_DIRECT: Option<i32> = Some(0o200_000);
+#[cfg(not(any(
+    target_arch = "x86",
+    target_arch = "x86_64",
+    target_arch = "riscv64",
+    target_arch = "aarch64",
+    target_arch = "arm"
+)))]
+const O_DIRECT: Option<i32> = None;
+
+/// The alignment of a direct read's buffer: the largest logical block size of common disks.
+const DIRECT_READ_ALIGN_BYTES: usize = 4096;
 
 impl StateFile {
     /// Opens the state file at `path`, creating it (cursor at F(0)) if it does not exist,
@@ -77,24 +132,7 @@ impl StateFile {
         File::open(directory_of(path))
             .and_then(|dir| dir.sync_all())
             .map_err(|e| Error::io(Operation::SyncDirectory, path, e))?;
-        let mut bytes = Vec::with_capacity(slot::FILE_BYTES);
-        // Read one byte past the expected size so an over-long file is noticed too.
-        (&file)
-            .take(slot::FILE_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| Error::io(Operation::Read, path, e))?;
-        let recovered = slot::recover(&bytes).map_err(|err| Error {
-            operation: Operation::Recover,
-            path: path.to_path_buf(),
-            cause: Cause::Corrupt(err),
-        })?;
-        let mut state = StateFile {
-            file,
-            path: path.to_path_buf(),
-            sequence: recovered.slot.sequence,
-        };
-        state.settle(recovered.slot.cursor)?;
-        Ok((state, recovered))
+        StateFile::recover(file, path)
     }
 }
 
@@ -112,34 +150,56 @@ impl<F> StateFile<F> {
 }
 
 impl<F: SlotFile> StateFile<F> {
-    /// Makes the recovered `cursor` durable before anything is served from it.
+    /// Recovers the newest valid slot of the locked `file`, and makes sure that what it
+    /// serves is on the disk.
     ///
-    /// The slot just read came from the page cache, not necessarily from the disk. A process
+    /// A read goes through the page cache, which may hold what the disk does not: a process
     /// that died between a commit's write and its fdatasync (killed, or exiting because that
-    /// fdatasync failed) leaves the slot in the cache only, and a restart finds it there:
-    /// serving it would show a state a power cut can take back, and the next commit would
-    /// overwrite the other slot, which may be the only one on disk. So, first, an fdatasync:
-    /// it writes a slot still dirty in the cache, before anything is written beside it. After
-    /// a failed fdatasync, though, Linux may have marked the page clean without writing it,
-    /// and that fdatasync has nothing to write; so, second, the cursor is committed again, as
-    /// any commit is: into the older slot, then fdatasync. The newest slot is never written,
-    /// so a power cut now leaves it as it was.
+    /// fdatasync failed) leaves its slot there, and a restart a second later finds it. Served,
+    /// it would show a state a power cut can take back; and the next commit would overwrite
+    /// the other slot, which may be the only one on the disk. So, first, an fdatasync, which
+    /// writes a slot still dirty in the cache. After a failed fdatasync, though, Linux may
+    /// have marked the page clean without writing it, and a later fdatasync has nothing to
+    /// write; so, second, the slots are read past the cache (O_DIRECT), from the disk itself,
+    /// and what is there is recovered and served: durable by construction, and nothing is
+    /// written. A step in the cache but not on the disk was never acknowledged, so dropping
+    /// it is allowed, and the next commit writes over its stale page.
     ///
-    /// One case stays open. After a failed writeback the cache's newest slot is not on the
-    /// disk, and the older slot holds the last acknowledged step, the only copy of it. This
-    /// commit writes over that slot, as the first step's commit did before start-up committed
-    /// at all, and until its fdatasync returns the disk holds that step nowhere: a power cut
-    /// that tears the write, or the failing disk damaging it, loses the step, or leaves no
-    /// valid slot if the failed writeback had torn the other one. The window spans restarts
-    /// (a kill after this write, then a power cut during the next start's first fdatasync).
-    /// It takes a disk that has already failed a writeback. Reading the slots back from the
-    /// disk itself (O_DIRECT) after the first fdatasync, and serving what is there, would
-    /// close it; see `known_gap_...` in the tests.
-    fn settle(&mut self, cursor: Cursor) -> Result<(), Error> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io(Operation::Sync, &self.path, e))?;
-        self.commit(cursor)
+    /// Where the disk cannot be read that way, the slots are read through the cache and the
+    /// recovered cursor is committed again, into the older slot as every commit is, so that
+    /// it is on the disk before it is served. One case stays open there: after a failed
+    /// writeback, that commit writes over the only on-disk copy of the last acknowledged step,
+    /// and a power cut that tears it (or the failing disk damaging it) loses that step, or
+    /// leaves no valid slot. `known_gap_...` in the tests records it.
+    fn recover(file: F, path: &Path) -> Result<(StateFile<F>, Recovered), Error> {
+        file.sync_data()
+            .map_err(|e| Error::io(Operation::Sync, path, e))?;
+        let cached = file
+            .read_cached()
+            .map_err(|e| Error::io(Operation::Read, path, e))?;
+        // A file of the wrong length is refused by `slot::recover`, from the cached read.
+        let from_disk = match cached.len() {
+            slot::FILE_BYTES => file
+                .read_from_disk(path)
+                .map_err(|e| Error::io(Operation::Read, path, e))?,
+            _ => None,
+        };
+        let commit_again = from_disk.is_none();
+        let bytes = from_disk.unwrap_or(cached);
+        let recovered = slot::recover(&bytes).map_err(|err| Error {
+            operation: Operation::Recover,
+            path: path.to_path_buf(),
+            cause: Cause::Corrupt(err),
+        })?;
+        let mut state = StateFile {
+            file,
+            path: path.to_path_buf(),
+            sequence: recovered.slot.sequence,
+        };
+        if commit_again {
+            state.commit(recovered.slot.cursor)?;
+        }
+        Ok((state, recovered))
     }
 }
 
@@ -256,8 +316,16 @@ mod tests {
         drop(state);
         let (_, recovered) = StateFile::open(&path).unwrap();
         assert_eq!(recovered.slot.cursor.index(), 2);
-        // Sequences 0 and 1 are the new file's, 2 its first start's, 3 to 6 the commits.
-        assert_eq!(recovered.slot.sequence, 6);
+        // Sequences 0 and 1 are the new file's, then the four commits; a start that cannot
+        // read the disk past its cache commits once more (`StateFile::recover`).
+        let start_commits = u64::from(
+            File::open(&path)
+                .unwrap()
+                .read_from_disk(&path)
+                .unwrap()
+                .is_none(),
+        );
+        assert_eq!(recovered.slot.sequence, 5 + start_commits);
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temporary file left behind");
         fs::remove_dir_all(&dir).unwrap();
@@ -283,6 +351,14 @@ mod tests {
                 return Err(io::Error::other("injected"));
             }
             Ok(())
+        }
+
+        fn read_cached(&self) -> io::Result<Vec<u8>> {
+            unreachable!("commits do not read")
+        }
+
+        fn read_from_disk(&self, _path: &Path) -> io::Result<Option<Vec<u8>>> {
+            unreachable!("commits do not read")
         }
     }
 
@@ -358,52 +434,63 @@ mod tests {
         disk
     }
 
-    /// What a restart recovers from `disk`, and the state file it then settles.
-    fn restart(disk: &SimDisk) -> (Recovered, Result<(), Error>) {
-        let recovered = slot::recover(&disk.cache()).unwrap();
-        let mut state = StateFile::over(disk.clone(), recovered.slot.sequence);
-        let settled = state.settle(recovered.slot.cursor);
-        (recovered, settled)
+    /// What a restart recovers from `disk`.
+    fn restart(disk: &SimDisk) -> Result<Recovered, Error> {
+        let path = Path::new("simulated/fibd.state");
+        StateFile::recover(disk.clone(), path).map(|(_, recovered)| recovered)
     }
 
-    #[test]
-    fn a_restart_makes_the_state_it_recovered_durable_before_serving_it() {
-        for marked_clean in [false, true] {
-            let disk = disk_at(5, true, marked_clean);
-            let durable = slot::recover(&disk.platter()).unwrap().slot;
-            assert_eq!(durable.cursor.index(), 4, "the test's premise");
-            let (recovered, settled) = restart(&disk);
-            assert_eq!(
-                recovered.slot.cursor.index(),
-                5,
-                "a restart reads the cache"
-            );
-            settled.unwrap();
-            let durable = slot::recover(&disk.platter()).unwrap().slot;
-            assert_eq!(
-                durable.cursor, recovered.slot.cursor,
-                "what a restart serves is on the disk (marked clean: {marked_clean})"
-            );
+    /// A disk as `disk_at` makes it, read past its cache at start-up or (`direct` false) not.
+    fn disk(direct: bool, unsynced: bool, marked_clean: bool) -> SimDisk {
+        let disk = disk_at(5, unsynced, marked_clean);
+        if direct {
+            disk
+        } else {
+            disk.without_direct_reads()
         }
     }
 
     #[test]
-    fn a_restart_syncs_first_and_never_writes_the_newest_slot() {
-        let disk = disk_at(5, false, false);
-        let before = disk.done().len();
-        restart(&disk).1.unwrap();
-        // The newest slot, sequence 9, is at position 1: the commit goes to position 0.
-        assert_eq!(disk.done()[before..], [Op::Sync, Op::Write(0), Op::Sync]);
+    fn a_restart_serves_only_what_is_on_the_disk() {
+        for direct in [true, false] {
+            for (unsynced, marked_clean) in [(false, false), (true, false), (true, true)] {
+                let case = format!("direct {direct}, unsynced {unsynced}, clean {marked_clean}");
+                let disk = disk(direct, unsynced, marked_clean);
+                let served = restart(&disk).unwrap().slot;
+                let on_disk = slot::recover(&disk.platter()).unwrap().slot;
+                assert_eq!(served.cursor, on_disk.cursor, "{case}");
+                // Only a slot the cache holds and the disk never got is not served as it is:
+                // dropped where the disk can be read, committed again where it cannot.
+                let expected = if marked_clean && direct { 4 } else { 5 };
+                assert_eq!(served.cursor.index(), expected, "{case}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_restart_writes_nothing_where_it_can_read_the_disk_and_never_the_newest_slot() {
+        for (direct, writes) in [
+            (true, &[Op::Sync][..]),
+            (false, &[Op::Sync, Op::Write(0), Op::Sync]),
+        ] {
+            let disk = disk(direct, false, false);
+            let before = disk.done().len();
+            restart(&disk).unwrap();
+            // The newest slot, sequence 9, is at position 1: a commit goes to position 0.
+            assert_eq!(disk.done()[before..], *writes, "direct {direct}");
+        }
     }
 
     #[test]
     fn a_power_cut_during_a_restart_loses_nothing_acknowledged() {
         let mut dice = Dice(0x2545_F491_4F6C_DD1D);
-        for round in 0..300 {
+        for round in 0..600 {
             // A process killed before its last fdatasync acknowledged only index 4; one that
-            // synced it, index 5.
-            let unsynced = round % 2 == 0;
-            let disk = disk_at(5, unsynced, false);
+            // synced it, index 5; one whose fdatasync failed (the page marked clean), index 4.
+            let (unsynced, marked_clean) = [(false, false), (true, false), (true, true)][round % 3];
+            // Without direct reads a page marked clean is the open case (`known_gap_...`).
+            let direct = marked_clean || round % 2 == 0;
+            let disk = disk(direct, unsynced, marked_clean);
             let acknowledged = if unsynced { 4 } else { 5 };
             disk.cut_power_after(dice.below(4));
             let _ = restart(&disk);
@@ -411,50 +498,72 @@ mod tests {
         }
     }
 
-    /// Records the case `settle` leaves open, so that closing it shows here.
+    /// Records the case a start-up without direct reads leaves open, so that closing it shows.
     #[test]
     fn known_gap_a_torn_start_up_commit_after_a_failed_writeback_can_lose_a_step() {
         // Slot 0: sequence 8, index 4, acknowledged and on the disk. Slot 1: sequence 9,
         // index 5, in the cache only, its page marked clean after a failed fdatasync.
-        let disk = disk_at(5, true, true);
+        let disk = disk(false, true, true);
         disk.cut_power_after(2); // the first fdatasync and the commit's write, not its sync
-        assert!(restart(&disk).1.is_err());
+        assert!(restart(&disk).is_err());
         let garbled = disk.after_power_cut(|_| 2);
         let recovered = slot::recover(&garbled).unwrap().slot;
         assert_eq!(
             recovered.cursor.index(),
             3,
-            "acknowledged index 4 lost, as the comment on settle says"
+            "acknowledged index 4 lost, as the comment on StateFile::recover says"
         );
     }
 
     #[test]
     fn a_lone_valid_slot_is_never_written_over() {
-        let mut file = slot::initial_file();
-        file[..slot::SLOT_BYTES].fill(0xAB); // slot 0 damaged on the disk
-        let disk = SimDisk::new(&file);
-        let (recovered, settled) = restart(&disk);
-        assert!(recovered.other_slot_error.is_some());
-        settled.unwrap();
-        assert_eq!(disk.done(), [Op::Sync, Op::Write(0), Op::Sync]);
-        assert_eq!(disk.platter()[slot::SLOT_BYTES..], file[slot::SLOT_BYTES..]);
-        assert!(
-            slot::recover(&disk.platter())
-                .unwrap()
-                .other_slot_error
-                .is_none()
-        );
+        for (direct, writes) in [
+            (true, &[Op::Sync][..]),
+            (false, &[Op::Sync, Op::Write(0), Op::Sync]),
+        ] {
+            let mut file = slot::initial_file();
+            file[..slot::SLOT_BYTES].fill(0xAB); // slot 0 damaged on the disk
+            let disk = SimDisk::new(&file);
+            let disk = if direct {
+                disk
+            } else {
+                disk.without_direct_reads()
+            };
+            let recovered = restart(&disk).unwrap();
+            assert!(recovered.other_slot_error.is_some());
+            assert_eq!(disk.done(), writes, "direct {direct}");
+            assert_eq!(disk.platter()[slot::SLOT_BYTES..], file[slot::SLOT_BYTES..]);
+        }
     }
 
     #[test]
-    fn a_failed_settle_is_an_error_naming_the_file() {
-        for (power_for, operation) in [(0, Operation::Sync), (1, Operation::Write)] {
-            let disk = disk_at(5, true, false);
+    fn a_failed_start_up_sync_or_commit_is_an_error_naming_the_file() {
+        for (direct, power_for, operation) in [
+            (true, 0, Operation::Sync),
+            (false, 0, Operation::Sync),
+            (false, 1, Operation::Write),
+        ] {
+            let disk = disk(direct, true, false);
             disk.cut_power_after(power_for);
-            let err = restart(&disk).1.unwrap_err();
+            let err = restart(&disk).unwrap_err();
             assert_eq!(err.operation, operation);
             assert!(err.to_string().contains("simulated/fibd.state"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_direct_read_of_a_real_file_sees_its_bytes() {
+        let dir = temp_dir("direct");
+        let path = dir.join("fibd.state");
+        let bytes = slot::initial_file();
+        fs::write(&path, &bytes).unwrap();
+        let file = File::open(&path).unwrap();
+        // Where the file system has no direct reads this is `None`, and start-up commits.
+        if let Some(read) = file.read_from_disk(&path).unwrap() {
+            assert_eq!(read, bytes);
+        }
+        assert_eq!(file.read_cached().unwrap(), bytes);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! `kill -9` leaves the page cache to the kernel, so this proves what the process does, not
 //! what a power cut leaves on the disk; that is tested against a simulated disk in the unit
 //! tests of `state_owner` (a power cut at any point keeps every acknowledged step) and
-//! `state_file` (a restart makes what it recovered durable before serving it).
+//! `state_file` (a restart serves only what is on the disk).
 //!
 //! `FIBD_TORTURE_CYCLES` sets the number of kill cycles (default 200); set it high for a soak.
 
