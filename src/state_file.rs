@@ -38,7 +38,8 @@ pub trait SlotFile {
     /// the size of a state file, so that an over-long file is noticed.
     fn read_cached(&self) -> io::Result<Vec<u8>>;
     /// The file's `slot::FILE_BYTES` as the disk holds them, read past the page cache, or
-    /// `None` where the platform or the file system at `path` cannot read that way.
+    /// `None` where they cannot be read that way (the platform, the file system at `path`,
+    /// or the read itself failed). An error only if `path` no longer names this file.
     fn read_from_disk(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
 }
 
@@ -75,20 +76,13 @@ impl SlotFile for File {
         let Some(aligned) = buffer.get_mut(start..start + slot::FILE_BYTES) else {
             return Ok(None);
         };
-        match direct.read_exact_at(aligned, 0) {
-            Ok(()) => Ok(Some(aligned.to_vec())),
-            // A file system that takes the flag but not the read, or a device whose blocks
-            // are larger than the alignment.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
-                ) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        // Any failure of the read itself (EINVAL where the file system takes the flag but not
+        // the read, or the device's blocks are larger than the alignment; EIO from a bad
+        // sector) sends start-up the other way: its commit then tells whether the disk works.
+        Ok(direct
+            .read_exact_at(aligned, 0)
+            .ok()
+            .map(|()| aligned.to_vec()))
     }
 }
 
@@ -179,8 +173,8 @@ impl<F> StateFile<F> {
 
 impl<F: SlotFile> StateFile<F> {
     /// Recovers the newest valid slot of the locked `file`, and makes it durable before it is
-    /// served, without ever writing over the only copy of an acknowledged step that the disk
-    /// holds.
+    /// served; where the disk can be read directly, without writing over the only copy of an
+    /// acknowledged step that the disk holds.
     ///
     /// A read goes through the page cache, which may hold what the disk does not: a process
     /// that died between a commit's write and its fdatasync (killed, or exiting because that
@@ -190,10 +184,11 @@ impl<F: SlotFile> StateFile<F> {
     /// the page clean without writing it, and an fdatasync has nothing to write; so, second,
     /// the slots are read past the cache (O_DIRECT), from the disk, and recovered from what is
     /// there (a step in the cache only was never acknowledged, and is dropped). Third, the
-    /// recovered cursor is committed again, as every commit is: into the slot older on the
-    /// disk, then fdatasync. That makes it durable even where the direct read was not one
-    /// (some file systems take the flag and read through their cache all the same: ext4 with
-    /// data=journal, NFS, FUSE), and it overwrites the stale page, so no later read finds it.
+    /// recovered cursor is committed again, as every commit is: into the other slot, then
+    /// fdatasync. After a real direct read that is the slot older on the disk, the one whose
+    /// stale page the cache holds, so the commit overwrites that page too. The commit also
+    /// makes what is served durable where the direct read was not one (some file systems take
+    /// the flag and read through their cache all the same: ext4 with data=journal, NFS, FUSE).
     ///
     /// Where the direct read is unsupported, or silently cached, one case stays open: after a
     /// failed writeback, the recovered slot is the cache's, and the commit writes over the
@@ -587,7 +582,7 @@ mod tests {
     }
 
     #[test]
-    fn a_direct_read_of_a_real_file_bypasses_the_cache_and_sees_its_bytes() {
+    fn a_direct_read_of_a_real_file_sees_its_bytes_through_an_o_direct_descriptor() {
         let dir = temp_dir("direct");
         let path = dir.join("fibd.state");
         let bytes = slot::initial_file();
