@@ -262,8 +262,8 @@ fn serve(config: Config) -> ExitCode {
     notifier.send("STOPPING=1");
     edge.stop();
 
-    // Every acknowledged step is already durable, so waiting is only for in-flight replies;
-    // the grace period bounds it.
+    // Every acknowledged step is already durable, so waiting is only for in-flight replies
+    // and the commit that will answer some of them; the grace period bounds it.
     let (done_tx, done_rx) = bounded::<()>(1);
     let _joiner = thread::Builder::new().name("joiner".into()).spawn(move || {
         for handle in threads {
@@ -272,15 +272,35 @@ fn serve(config: Config) -> ExitCode {
         let _ = owner.join();
         let _ = done_tx.send(());
     });
+    let mut stalled = false;
     match done_rx.recv_timeout(Duration::from_millis(limits::SHUTDOWN_GRACE_MS)) {
         Ok(()) => log::info("stopped", &[("index", &edge.durable_index())]),
-        Err(_) => log::warn(
-            "stopped",
-            &[
-                ("index", &edge.durable_index()),
-                ("note", &"grace period over; in-flight replies dropped"),
-            ],
-        ),
+        Err(_) => match edge.metrics.commit_in_flight() {
+            // The steps of a commit that has not returned were never acknowledged, so exiting
+            // loses nothing; but the disk under the state file has stalled, and an exit 0
+            // would tell the supervisor and the operator that all was well.
+            Some(running) => {
+                stalled = true;
+                log::error(
+                    "stopped",
+                    &[
+                        ("index", &edge.durable_index()),
+                        ("commit_in_flight_ms", &running.as_millis()),
+                        (
+                            "note",
+                            &"grace period over with a commit still running: the disk is stalled",
+                        ),
+                    ],
+                );
+            }
+            None => log::warn(
+                "stopped",
+                &[
+                    ("index", &edge.durable_index()),
+                    ("note", &"grace period over; in-flight replies dropped"),
+                ],
+            ),
+        },
     }
     // A failure while draining (a commit of the last steps failing, say) still ends the
     // process non-zero: a supervisor that restarts only failed services must see it.
@@ -293,6 +313,9 @@ fn serve(config: Config) -> ExitCode {
             "failed_while_stopping",
             &[("reason", &what), ("detail", &reason)],
         );
+        return ExitCode::FAILURE;
+    }
+    if stalled {
         return ExitCode::FAILURE;
     }
     code

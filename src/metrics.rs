@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The routes requests are counted by. `Other` is every request that matched no route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,6 +159,10 @@ pub struct Metrics {
     pub connections_kept: AtomicU64,
     /// Accept loops that failed and were restarted.
     pub accept_failures: AtomicU64,
+    /// When the commit now in progress began, in milliseconds since `epoch` plus one; 0 while
+    /// no commit runs. A disk that stalls shows here, and nowhere else, until it answers.
+    commit_began_ms: AtomicU64,
+    epoch: Instant,
     start_time_seconds: f64,
 }
 
@@ -188,7 +192,32 @@ impl Metrics {
             requests_dropped: AtomicU64::new(0),
             connections_kept: AtomicU64::new(0),
             accept_failures: AtomicU64::new(0),
+            commit_began_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
             start_time_seconds: start.as_secs_f64(),
+        }
+    }
+
+    /// The state owner is about to write and fdatasync a commit.
+    pub fn commit_began(&self) {
+        let since_epoch = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1);
+        self.commit_began_ms
+            .store(since_epoch.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// The commit begun last has returned, whether it succeeded or failed.
+    pub fn commit_ended(&self) {
+        self.commit_began_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// How long the commit in progress has run, or `None` when none is running.
+    pub fn commit_in_flight(&self) -> Option<Duration> {
+        match self.commit_began_ms.load(Ordering::Relaxed) {
+            0 => None,
+            began => {
+                let now = self.epoch.elapsed();
+                Some(now.saturating_sub(Duration::from_millis(began - 1)))
+            }
         }
     }
 
@@ -284,6 +313,18 @@ impl Metrics {
         );
         self.commit_latency
             .render(&mut out, "fibd_commit_duration_seconds", "");
+        family(
+            &mut out,
+            "fibd_commit_in_flight_seconds",
+            "gauge",
+            "How long the commit in progress (write and fdatasync) has run; 0 when none is. A value that keeps growing means the disk has stalled.",
+        );
+        let in_flight = self.commit_in_flight().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "fibd_commit_in_flight_seconds {:.3}",
+            in_flight.as_secs_f64()
+        );
         for (name, help, value) in [
             (
                 "fibd_state_write_errors_total",
@@ -511,5 +552,29 @@ mod tests {
             .filter(|l| l.starts_with("# TYPE fibd_request_duration_seconds"))
             .count();
         assert_eq!(types, 1);
+    }
+
+    fn in_flight_seconds(m: &Metrics) -> f64 {
+        let text = m.render(0, true, "0.1.0", 1);
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("fibd_commit_in_flight_seconds "))
+            .expect("the gauge is always rendered");
+        line.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn a_commit_in_progress_shows_its_age_until_it_ends() {
+        let m = Metrics::new();
+        assert_eq!(m.commit_in_flight(), None);
+        assert_eq!(in_flight_seconds(&m), 0.0);
+        m.commit_began();
+        std::thread::sleep(Duration::from_millis(30));
+        let age = m.commit_in_flight().expect("a commit is in progress");
+        assert!(age >= Duration::from_millis(20), "{age:?}");
+        assert!(in_flight_seconds(&m) >= 0.02);
+        m.commit_ended();
+        assert_eq!(m.commit_in_flight(), None);
+        assert_eq!(in_flight_seconds(&m), 0.0);
     }
 }

@@ -113,7 +113,10 @@ pub fn run<S: Storage, T>(
         // acknowledged step is then covered by an fdatasync, exactly as promised.
         if stepped > 0 {
             let started = Instant::now();
-            match storage.commit(next) {
+            metrics.commit_began();
+            let committed = storage.commit(next);
+            metrics.commit_ended();
+            match committed {
                 Ok(()) => {
                     cursor = next;
                     published.index.store(cursor.index(), Ordering::Release);
@@ -263,6 +266,51 @@ mod tests {
             |_| {},
         );
         (metrics.commit_steps.count(), metrics.commit_steps.sum())
+    }
+
+    /// Storage that records whether the metrics showed a commit in flight while it ran.
+    struct Observing<'a> {
+        metrics: &'a Metrics,
+        seen: &'a mut Vec<bool>,
+        fail: bool,
+    }
+
+    impl Storage for Observing<'_> {
+        fn commit(&mut self, _: Cursor) -> Result<(), Error> {
+            self.seen.push(self.metrics.commit_in_flight().is_some());
+            if self.fail {
+                return Err(Error::io(
+                    Operation::Sync,
+                    std::path::Path::new("fake.state"),
+                    io::Error::other("injected fsync failure"),
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_commit_shows_as_in_flight_while_it_runs_and_not_after_it_returns() {
+        for fail in [false, true] {
+            let (tx, rx) = bounded(2);
+            tx.send(StepRequest {
+                step: Step::Next,
+                ticket: (),
+            })
+            .unwrap();
+            drop(tx);
+            let metrics = Metrics::new();
+            let mut seen = Vec::new();
+            let storage = Observing {
+                metrics: &metrics,
+                seen: &mut seen,
+                fail,
+            };
+            let published = Published::new(Cursor::START);
+            run(storage, &published, &metrics, rx, 8, |_, _| {}, |_| {});
+            assert_eq!(seen, [true], "fail: {fail}");
+            assert_eq!(metrics.commit_in_flight(), None, "fail: {fail}");
+        }
     }
 
     #[test]

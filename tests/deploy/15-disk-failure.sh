@@ -2,9 +2,10 @@
 # A disk that fails, end to end: strace makes the state file's fdatasync fail (EIO) in the
 # real binary, and fibd must answer the step 503, write nothing more, exit 1 for its
 # supervisor, and start again from the file. Also a failure at start-up (the fdatasync of the
-# state it recovered) and one while a SIGTERM drains the last steps. The unit tests inject
-# the same faults below the file API; this is the whole process, signals and exit codes
-# included.
+# state it recovered), one while a SIGTERM drains the last steps, and a disk that stalls
+# (an fdatasync that does not return): it must show in /metrics, leave reads answering,
+# and make a stop exit 1. The unit tests inject the same faults below the file API; this
+# is the whole process, signals and exit codes included.
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -56,6 +57,14 @@ wait_exit() {
     wait "$pid" || rc=$?
 }
 
+# step_in_background: POST /next without waiting; its status code lands in $WORK/code
+# ("000" if the connection ends without an answer).
+step_in_background() {
+    rm -f "$WORK/code"
+    curl -s -o /dev/null -w '%{http_code}' -X POST "$base/next" >"$WORK/code" &
+    on_exit "kill_wait $!"
+}
+
 # 1. A step whose fdatasync fails.
 start_fibd || { fail "fibd starts" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"; exit 0; }
 check_eq "a step before the failure" "$(curl -s -X POST "$base/next")" "1" || true
@@ -101,8 +110,7 @@ check_eq "the file is as it was" "$(od -An -tx1 "$state" | md5sum)" "$before" ||
 # 3. A failure while SIGTERM drains the last steps still exits 1 (not 0).
 start_fibd || { fail "fibd starts" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"; exit 0; }
 inject fdatasync:error=EIO:delay_enter=500000 || { fail "strace attaches"; exit 0; }
-curl -s -o /dev/null -w '%{http_code}' -X POST "$base/next" >"$WORK/code" &
-on_exit "kill_wait $!"
+step_in_background
 # The step is in its (delayed) fdatasync when the signal arrives.
 sleep 0.2
 kill -TERM "$pid"
@@ -111,3 +119,23 @@ check_eq "a commit failing during shutdown exits 1" "$rc" "1" || true
 check "and says so in the log" grep -q "event=failed_while_stopping reason=storage_failed" "$WORK/stderr" || true
 wait_for 5 test -s "$WORK/code" || true
 check_eq "the step in flight is answered 503" "$(cat "$WORK/code")" "503" || true
+
+# 4. A disk that stalls: the fdatasync of a step does not return (strace holds it for 4 s).
+# The stall shows in /metrics while reads go on; a SIGTERM then exits 1 after the grace
+# period, not 0, and the step in the stalled commit is never acknowledged.
+kill_wait "$pid"
+start_fibd || { fail "fibd starts" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"; exit 0; }
+before=$(curl -s "$base/current")
+inject fdatasync:delay_enter=4000000 || { fail "strace attaches"; exit 0; }
+step_in_background
+stalled() {
+    curl -s "$base/metrics" | awk '$1 == "fibd_commit_in_flight_seconds" && $2 >= 0.2 { ok = 1 } END { exit !ok }'
+}
+check "a stalled commit shows in fibd_commit_in_flight_seconds" wait_for 3 stalled || true
+check_eq "reads are answered while the disk stalls" "$(curl -s --max-time 2 "$base/current")" "$before" || true
+kill -TERM "$pid"
+wait_exit
+check_eq "a stop with a commit still running exits 1" "$rc" "1" || true
+check "and says the disk is stalled" grep -q 'level=error event=stopped .*the disk is stalled' "$WORK/stderr" || true
+wait_for 5 test -s "$WORK/code" || true
+check_eq "the step in the stalled commit is not acknowledged" "$(cat "$WORK/code")" "000" || true
