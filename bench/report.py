@@ -281,8 +281,8 @@ def cpu_per_phase(kv):
     kinds = ("server_core", "server_proc", "softirq", "foreign", "steal", "load_core")
     rounds_of = lambda tag: sorted({k.split("_cpu_")[0] for k in kv
                                     if re.match(rf"^{re.escape(tag)}-\d+_cpu_", k)})
-    for tag in ("seed-fibd", "seed-nginx", "peak-read-fibd", "peak-read-nginx", "write-fibd",
-                "write-fibd-b1"):
+    for tag in ("seed-fibd", "seed-nginx", "peak-read-fibd", "peak-read-alone", "peak-read-nginx",
+                "write-fibd", "write-fibd-b1"):
         tags = rounds_of(tag) or [tag]  # peak read: the mean over its rounds
         per = [{k: num(kv, f"{t}_cpu_{k}_pct", int) for k in kinds} for t in tags]
         per = [p for p in per if p["server_core"] is not None]
@@ -404,7 +404,7 @@ def report(args):
 
     # Peak read
     pr = {}
-    for server in ("fibd", "nginx"):
+    for server in ("fibd", "alone", "nginx"):
         rounds = []
         i = 1
         while os.path.exists(os.path.join(raw, f"peak-read-{server}-{i}.txt")):
@@ -421,9 +421,9 @@ def report(args):
     fr, nr = pr.get("fibd", {}).get("rps"), pr.get("nginx", {}).get("rps")
     rr = ratio(fr, nr)
     read_noise = noisy(cpu, "peak-read-fibd", "peak-read-nginx")
+    spread = lambda srv: "/".join(f"{x / 1000:.0f}k" for x in pr[srv]["rounds_rps"])
     if fr is not None:
         errs = pr["fibd"]["non_2xx"] + pr["fibd"]["socket_errors"]
-        spread = lambda srv: "/".join(f"{x / 1000:.0f}k" for x in pr[srv]["rounds_rps"])
         rows.append(("2 peak read /current", f"{fmt(fr, ',.0f')} req/s median of rounds {spread('fibd')} "
                      f"(p99 {fmt(pr['fibd'].get('p99_ms'))} ms, err {errs})",
                      f"{fmt(nr, ',.0f')} req/s ({spread('nginx')})" if nr else "n/a", f"{fmt(rr)}x",
@@ -431,6 +431,15 @@ def report(args):
                      verdict(None if rr is None else rr >= TARGET_READ_RATIO, read_noise)))
         target("peak read vs nginx", rr, TARGET_READ_RATIO, None if rr is None else rr >= TARGET_READ_RATIO, "x",
                read_noise)
+    # tiny_http alone (bench/tiny_http_alone.rs), answering with fibd's bytes and doing nothing
+    # else: alone/nginx is what the HTTP library allows; fibd/alone is what fibd keeps of it.
+    lr = pr.get("alone", {}).get("rps")
+    if lr is not None:
+        pr["alone_vs_nginx"], pr["fibd_vs_alone"] = ratio(lr, nr), ratio(fr, lr)
+        rows.append((f"2b peak read, tiny_http alone ({kv.get('alone_threads')} threads, fibd's bytes)",
+                     f"{fmt(lr, ',.0f')} req/s ({spread('alone')}); fibd is {fmt(pr['fibd_vs_alone'])}x of it",
+                     f"{fmt(nr, ',.0f')} req/s" if nr else "n/a", f"{fmt(pr['alone_vs_nginx'])}x",
+                     "(what tiny_http allows)", "info"))
 
     # Peak durable write
     pw = {}

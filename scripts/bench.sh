@@ -16,7 +16,8 @@
 #   3. scenarios: seed (three constant-rate oha runs at once, latency corrected for
 #      coordinated omission) on fibd then on nginx (one worker, fixed body, same core),
 #      the disk's floor under the steps' latency (bench/disk_floor.py),
-#      peak read (wrk) on fibd then nginx, peak durable write (wrk, alternating /next and
+#      peak read (wrk) on fibd, on tiny_http alone (bench/tiny_http_alone.rs: fibd's reply,
+#      no work of its own) and on nginx, peak durable write (wrk, alternating /next and
 #      /previous), 5,000 idle connections, RSS throughout; then a fresh fibd with
 #      --batch-max 1 for the write scenario with group commit off;
 #   4. bench/report.py prints one table row per scenario, writes $BENCH_OUT/latest.json,
@@ -33,7 +34,8 @@
 #   BENCH_ISOLATION [auto]   podman | taskset | auto (podman if it can run a container)
 #   BENCH_SERVER_CPU [0]     core for fibd and nginx;  BENCH_LOAD_CPU [1] core for the load
 #   BENCH_WRK_THREADS [2]    wrk threads (the original test used 2)
-#   BENCH_READ_ROUNDS [3]    peak read: interleaved fibd/nginx rounds sharing BENCH_DURATION
+#   BENCH_READ_ROUNDS [3]    peak read: interleaved fibd/alone/nginx rounds sharing BENCH_DURATION
+#   BENCH_ALONE_THREADS [4]  threads of the tiny_http-alone server (fibd's default worker count)
 #   BENCH_OUT [bench/results]  where latest.json goes;  BENCH_PLOT [docs/img/seed-latency.svg]
 #   BENCH_KEEP_RAW [0]       1 keeps the raw tool outputs in $BENCH_OUT/raw/
 #   BENCH_INSTALL [1]        0 skips package installs (fails if a tool is missing)
@@ -53,6 +55,7 @@ SERVER_CPU="${BENCH_SERVER_CPU:-0}"
 LOAD_CPU="${BENCH_LOAD_CPU:-1}"
 WRK_THREADS="${BENCH_WRK_THREADS:-2}"
 READ_ROUNDS="${BENCH_READ_ROUNDS:-3}"
+ALONE_THREADS="${BENCH_ALONE_THREADS:-4}"
 OUT="${BENCH_OUT:-$root/bench/results}"
 PLOT="${BENCH_PLOT:-$root/docs/img/seed-latency.svg}"
 KEEP_RAW="${BENCH_KEEP_RAW:-0}"
@@ -66,11 +69,12 @@ PARK_INDEX=93
 log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-case "$DURATION$RATE$CONNS$IDLE_CONNS$SERVER_CPU$LOAD_CPU$WRK_THREADS${BENCH_READ_ROUNDS:-3}" in
+case "$DURATION$RATE$CONNS$IDLE_CONNS$SERVER_CPU$LOAD_CPU$WRK_THREADS$READ_ROUNDS$ALONE_THREADS" in
     *[!0-9]*) die "BENCH_* numbers must be plain integers" ;;
 esac
 [ "$SERVER_CPU" != "$LOAD_CPU" ] || die "server and load must be on different cores"
 [ "$READ_ROUNDS" -ge 1 ] || die "BENCH_READ_ROUNDS must be at least 1"
+if [ "$ALONE_THREADS" -lt 1 ] || [ "$ALONE_THREADS" -gt 64 ]; then die "BENCH_ALONE_THREADS must be 1..=64"; fi
 # Each peak-read round gets an equal share of BENCH_DURATION, 2 s at the least.
 READ_SECONDS=$((DURATION / READ_ROUNDS))
 [ "$READ_SECONDS" -ge 2 ] || READ_SECONDS=2
@@ -166,6 +170,15 @@ case "$binary_desc" in
 esac
 kv binary_bytes "$(stat -c %s "$bin")"
 kv binary_path "$bin"
+
+# tiny_http alone (the peak-read reference below), from this source tree and with fibd's release profile and target.
+log "building bench/tiny_http_alone.rs"
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    rustup target add x86_64-unknown-linux-musl >&2
+fi
+cargo build --release --locked --target x86_64-unknown-linux-musl --example tiny_http_alone >&2
+alone_bin="${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-musl/release/examples/tiny_http_alone"
+[ -x "$alone_bin" ] || die "no tiny_http_alone binary at $alone_bin"
 
 # The podman invocation this machine needs: runc and cgroupfs (no systemd here), host
 # networking (loopback), and explicit limits so the defaults cannot cap the 5,000-
@@ -482,20 +495,39 @@ floor_pid=$!
 pids+=("$floor_pid")
 wait "$floor_pid"
 
-# Peak read in interleaved rounds (fibd, nginx, fibd, nginx, ...), each a share of
+# tiny_http alone, on the same core, answering every request with the
+# very bytes fibd answers /current with now (the cursor does not move while reads run). What
+# separates it from nginx is tiny_http's; what separates fibd from it is fibd's.
+alone_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+curl -s -i --max-time 5 "http://127.0.0.1:$fibd_port/current" >"$work/alone-reply"
+taskset -c "$SERVER_CPU" "$alone_bin" "127.0.0.1:$alone_port" "$ALONE_THREADS" "$work/alone-reply" \
+    2>"$raw/alone.log" &
+alone_pid=$!
+pids+=("$alone_pid")
+for _ in $(seq 1 100); do
+    curl -s -i --max-time 5 "http://127.0.0.1:$alone_port/current" >"$work/alone-check" 2>/dev/null && break
+    sleep 0.05
+done
+cmp -s "$work/alone-reply" "$work/alone-check" || die "tiny_http_alone does not answer with fibd's bytes"
+kv alone_threads "$ALONE_THREADS"
+
+# Peak read in interleaved rounds (fibd, tiny_http alone, nginx, fibd, ...), each a share of
 # BENCH_DURATION; report.py takes each server's median round. Short-lived background load
-# then hits both servers alike instead of deciding the ratio.
+# then hits every server alike instead of deciding the ratios.
 for round in $(seq 1 "$READ_ROUNDS"); do
-    log "peak read, round $round/$READ_ROUNDS: fibd, then nginx (${READ_SECONDS}s each)"
+    log "peak read, round $round/$READ_ROUNDS: fibd, tiny_http alone, nginx (${READ_SECONDS}s each)"
     phase_begin "$fibd_pid"
     peak_read "$raw/peak-read-fibd-$round.txt" "$fibd_port"
     phase_end "peak-read-fibd-$round"
+    phase_begin "$alone_pid"
+    peak_read "$raw/peak-read-alone-$round.txt" "$alone_port"
+    phase_end "peak-read-alone-$round"
     phase_begin "$nginx_worker"
     peak_read "$raw/peak-read-nginx-$round.txt" "$nginx_port"
     phase_end "peak-read-nginx-$round"
 done
-kill -TERM "$nginx_pid" 2>/dev/null || true
-wait "$nginx_pid" 2>/dev/null || true
+kill -TERM "$nginx_pid" "$alone_pid" 2>/dev/null || true
+wait "$nginx_pid" "$alone_pid" 2>/dev/null || true
 
 log "fibd: peak durable write (group commit on)"
 peak_write write-fibd
