@@ -51,7 +51,7 @@ Options (each also read from the environment variable shown; flags win):
                       (default 127.0.0.1:8080)
   --state-file PATH   the state file, created if missing              [FIBD_STATE_FILE]
                       (default ./fibd.state)
-  --workers N         worker threads, 1..=256 (default 4)             [FIBD_WORKERS]
+  --workers N         worker threads, 1..=256 (default 16)            [FIBD_WORKERS]
   --batch-max N       most steps per fdatasync, 1..=4096 (default 1024) [FIBD_BATCH_MAX]
   --idle-timeout-ms N close connections silent this long, 100..=3600000 [FIBD_IDLE_TIMEOUT_MS]
                       (default 15000)
