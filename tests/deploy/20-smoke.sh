@@ -8,7 +8,7 @@
 
 if command -v shellcheck >/dev/null 2>&1; then
     check "shellcheck of the deployment scripts" shellcheck -x \
-        "$REPO"/scripts/{build-static,install,smoke,test-deploy}.sh \
+        "$REPO"/scripts/*.sh "$REPO/.ci/run" \
         "$REPO"/tests/deploy/{[0-9]*,lib,prepare}.sh "$REPO/init/openrc/fibd" || true
 else
     skip "shellcheck of the deployment scripts" "shellcheck is not installed"
