@@ -2,9 +2,9 @@
 //! Units are the last word of each name.
 
 /// Default worker threads. Responses are small and CPU-bound, yet on one core under 100
-/// keep-alive connections 16 workers served 8-13% more reads per second than 4, with fewer
-/// system calls and context switches per request and no worse latency; past 32 the context
-/// switches climb again (docs/BENCHMARKS.md, "How much of the peak-read gap is fibd's").
+/// keep-alive connections 16 workers served 8-14% more reads per second than 4 (less kernel
+/// time per read) with no worse latency, and 32 or 64 no more (docs/BENCHMARKS.md, "How much
+/// of the peak-read gap is fibd's"). Idle workers cost a parked thread each.
 pub const WORKERS_DEFAULT: usize = 16;
 /// Upper bound on `--workers`: each worker is a thread with its own stack.
 pub const WORKERS_MAX: usize = 256;
@@ -141,6 +141,10 @@ pub const TEMP_NAME_ATTEMPTS_MAX: u32 = 8;
 /// After SIGTERM, the process exits by this time even if some client is slow to take its
 /// last reply; every acknowledged step is already durable, so nothing is lost by leaving.
 pub const SHUTDOWN_GRACE_MS: u64 = 1_500;
+/// A commit still running this long when the shutdown grace period ends means a stalled disk,
+/// and the stop exits 1: commits take well under 10 ms on a working disk (p99 0.5-1 ms in the
+/// benchmark), so only a disk in trouble is caught, not one caught mid-commit by chance.
+pub const COMMIT_STALLED_MS: u64 = 1_000;
 
 /// Characters of a request target written to the access log; a long URL is cut, so a hostile
 /// client cannot make log lines, or our memory use for them, grow without bound.

@@ -278,8 +278,10 @@ fn serve(config: Config) -> ExitCode {
         Err(_) => match edge.metrics.commit_in_flight() {
             // The steps of a commit that has not returned were never acknowledged, so exiting
             // loses nothing; but the disk under the state file has stalled, and an exit 0
-            // would tell the supervisor and the operator that all was well.
-            Some(running) => {
+            // would tell the supervisor and the operator that all was well. (The process
+            // itself ends only once the stalled call returns: the kernel does not end a
+            // thread inside a system call that cannot be interrupted.)
+            Some(running) if running >= Duration::from_millis(limits::COMMIT_STALLED_MS) => {
                 stalled = true;
                 log::error(
                     "stopped",
@@ -293,7 +295,7 @@ fn serve(config: Config) -> ExitCode {
                     ],
                 );
             }
-            None => log::warn(
+            _ => log::warn(
                 "stopped",
                 &[
                     ("index", &edge.durable_index()),
