@@ -435,10 +435,12 @@ def report(args):
     # else: alone/nginx is what the HTTP library allows; fibd/alone is what fibd keeps of it.
     lr = pr.get("alone", {}).get("rps")
     if lr is not None:
-        pr["alone_vs_nginx"], pr["fibd_vs_alone"] = ratio(lr, nr), ratio(fr, lr)
-        rows.append((f"2b peak read, tiny_http alone ({kv.get('alone_threads')} threads, fibd's bytes)",
-                     f"{fmt(lr, ',.0f')} req/s ({spread('alone')}); fibd is {fmt(pr['fibd_vs_alone'])}x of it",
-                     f"{fmt(nr, ',.0f')} req/s" if nr else "n/a", f"{fmt(pr['alone_vs_nginx'])}x",
+        alone = pr["alone"]
+        alone["threads"] = num(kv, "alone_threads", int)
+        alone["vs_nginx"], alone["fibd_vs_this"] = ratio(lr, nr), ratio(fr, lr)
+        rows.append((f"2b peak read, tiny_http alone ({alone['threads']} threads, fibd's bytes)",
+                     f"{fmt(lr, ',.0f')} req/s ({spread('alone')}); fibd is {fmt(alone['fibd_vs_this'])}x of it",
+                     f"{fmt(nr, ',.0f')} req/s" if nr else "n/a", f"{fmt(alone['vs_nginx'])}x",
                      "(what tiny_http allows)", "info"))
 
     # Peak durable write

@@ -61,7 +61,10 @@ fn run() -> Result<(), String> {
     let (ended_tx, ended_rx) = mpsc::channel();
     for _ in 0..threads {
         let (server, reply, ended) = (Arc::clone(&server), Arc::clone(&reply), ended_tx.clone());
-        thread::spawn(move || ended.send(serve(&server, &reply)));
+        thread::Builder::new()
+            .name("serve".to_string())
+            .spawn(move || ended.send(serve(&server, &reply)))
+            .map_err(|e| format!("cannot start a serving thread: {e}"))?;
     }
     let ended = ended_rx
         .recv()

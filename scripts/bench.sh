@@ -174,11 +174,14 @@ kv binary_path "$bin"
 # tiny_http alone (the peak-read reference below), from this source tree and with fibd's release profile and target.
 log "building bench/tiny_http_alone.rs"
 if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+    [ "$INSTALL" = 1 ] || die "missing: the musl target (BENCH_INSTALL=0)"
     rustup target add x86_64-unknown-linux-musl >&2
 fi
 cargo build --release --locked --target x86_64-unknown-linux-musl --example tiny_http_alone >&2
 alone_bin="${CARGO_TARGET_DIR:-$root/target}/x86_64-unknown-linux-musl/release/examples/tiny_http_alone"
 [ -x "$alone_bin" ] || die "no tiny_http_alone binary at $alone_bin"
+# Absolute, as podman takes a relative source of -v for the name of a volume.
+alone_bin="$(cd "$(dirname "$alone_bin")" && pwd)/$(basename "$alone_bin")"
 
 # The podman invocation this machine needs: runc and cgroupfs (no systemd here), host
 # networking (loopback), and explicit limits so the defaults cannot cap the 5,000-
@@ -496,10 +499,11 @@ floor_pid=$!
 pids+=("$floor_pid")
 wait "$floor_pid"
 
-# tiny_http alone, in fibd's box, answering every request with the very bytes fibd answers
-# /current with now (the cursor does not move while reads run). What separates it from nginx
-# is tiny_http's; what separates fibd from it is fibd's. It must share fibd's box: with
-# fibd's container on the core, the same server run bare was about a fifth slower.
+# tiny_http alone, in a box like fibd's (its own container, from the same image, with the
+# same limits), answering every request with the very bytes fibd answers /current with now
+# (the cursor does not move while reads run). What separates it from nginx is tiny_http's;
+# what separates fibd from it is fibd's. With fibd's container on the core, the same server
+# run bare was about a fifth slower, so it runs boxed whenever fibd does.
 alone_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 curl -s -i --max-time 5 "http://127.0.0.1:$fibd_port/current" >"$work/alone-reply"
 if [ "$ISOLATION" = podman ]; then

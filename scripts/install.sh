@@ -263,7 +263,7 @@ install_systemd() {
     env_template=$(mktemp)
     cat >"$env_template" <<'EOF'
 # Settings for fibd.service (see `fibd --help`); kept across upgrades.
-# FIBD_WORKERS=4
+# FIBD_WORKERS=16
 # FIBD_BATCH_MAX=1024
 EOF
     write_config "$ENV_FILE" "$env_template"

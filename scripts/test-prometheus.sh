@@ -62,8 +62,9 @@ check "promtool test rules" promtool test rules deploy/prometheus/alerts_test.ym
 # Every alert has a unit test, links its runbook entry, and the entry exists (an anchor the
 # link lands on): an on-call reader must never follow a page to nothing.
 alerts_documented() {
-    local name anchor rc=0
+    local name anchor rc=0 seen=0
     while read -r name; do
+        seen=$((seen + 1))
         anchor=$(tr '[:upper:]' '[:lower:]' <<<"$name")
         grep -q "alertname: $name\$" deploy/prometheus/alerts_test.yml ||
             { echo "  $name: no test in alerts_test.yml"; rc=1; }
@@ -72,6 +73,7 @@ alerts_documented() {
         grep -q "id=\"$anchor\"" docs/RUNBOOK.md ||
             { echo "  $name: docs/RUNBOOK.md has no entry with id=\"$anchor\""; rc=1; }
     done < <(sed -n 's/^ *- alert: //p' deploy/prometheus/alerts.yml)
+    [ "$seen" -gt 0 ] || { echo "  no alerts found in alerts.yml"; rc=1; }
     return "$rc"
 }
 check "every alert is tested and has a runbook entry" alerts_documented
@@ -79,11 +81,13 @@ check "every alert is tested and has a runbook entry" alerts_documented
 # Every fibd or process metric an alert reads is one fibd exports: a rule on a misspelt or
 # removed metric would never fire, and promtool cannot tell.
 alert_metrics_exported() {
-    local metric rc=0
+    local metric rc=0 seen=0
     while read -r metric; do
+        seen=$((seen + 1))
         grep -q -E "^${metric}[ {]" "$work/metrics.txt" ||
             { echo "  $metric: read by alerts.yml, absent from /metrics"; rc=1; }
     done < <(grep -o -E '\b(fibd|process)_[a-z0-9_]+' deploy/prometheus/alerts.yml | sort -u)
+    [ "$seen" -gt 0 ] || { echo "  no metric names found in alerts.yml"; rc=1; }
     return "$rc"
 }
 check "every metric the alerts read is exported" alert_metrics_exported
