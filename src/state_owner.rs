@@ -166,6 +166,15 @@ mod tests {
     use crossbeam_channel::bounded;
     use std::io;
 
+    /// The error a fault-injecting storage returns: an fdatasync that failed.
+    fn injected_failure() -> Error {
+        Error::io(
+            Operation::Sync,
+            std::path::Path::new("fake.state"),
+            io::Error::other("injected fsync failure"),
+        )
+    }
+
     /// In-memory storage that records commits and can be told to fail.
     struct FakeStorage<'a> {
         commits: &'a mut Vec<u8>,
@@ -175,11 +184,7 @@ mod tests {
     impl Storage for FakeStorage<'_> {
         fn commit(&mut self, cursor: Cursor) -> Result<(), Error> {
             if self.commits.len() == self.fail_after {
-                return Err(Error::io(
-                    Operation::Sync,
-                    std::path::Path::new("fake.state"),
-                    io::Error::other("injected fsync failure"),
-                ));
+                return Err(injected_failure());
             }
             self.commits.push(cursor.index());
             Ok(())
@@ -279,11 +284,7 @@ mod tests {
         fn commit(&mut self, _: Cursor) -> Result<(), Error> {
             self.seen.push(self.metrics.commit_in_flight().is_some());
             if self.fail {
-                return Err(Error::io(
-                    Operation::Sync,
-                    std::path::Path::new("fake.state"),
-                    io::Error::other("injected fsync failure"),
-                ));
+                return Err(injected_failure());
             }
             Ok(())
         }
