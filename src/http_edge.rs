@@ -257,8 +257,9 @@ impl Edge {
                 ("requests_dropped", &count),
             ];
             // A request of unclear end that nothing followed yet is most often a client that
-            // streamed a body no route takes (`curl -T -` sends it chunked); it is logged, so that what follows from
-            // its address can be traced to it, but it is not worth a warning.
+            // streamed a body no route takes (`curl -T -` sends it chunked); it is logged, so
+            // that what follows from its address can be traced to it, but it is not worth a
+            // warning.
             if count == 0 && reason == Abandoned::FramingLost {
                 log::info("connection_abandoned", &fields);
             } else {
