@@ -208,9 +208,12 @@ impl<T> Connections<T> {
         now: Instant,
     ) -> Finish<T> {
         let mut shard = self.shard(peer);
-        let Some(connection) = shard.connections.get_mut(&peer) else {
+        // One lookup serves both what follows and the removal at the end, which an idle
+        // connection needs after every request.
+        let Entry::Occupied(mut entry) = shard.connections.entry(peer) else {
             panic!("finish for {peer}, which has no request in flight");
         };
+        let connection = entry.get_mut();
         assert!(
             connection.in_flight,
             "finish for {peer} without a request in flight"
@@ -245,7 +248,7 @@ impl<T> Connections<T> {
             self.waiting_total.fetch_sub(1, Ordering::Relaxed);
             return Finish::Next(next);
         }
-        shard.connections.remove(&peer);
+        entry.remove();
         Finish::Idle
     }
 
