@@ -12,6 +12,7 @@
 //! there until the reply before it is written, and the thread that wrote that reply sends it on.
 //! Steps are answered by responders, not workers, so a worker never waits on the disk.
 
+use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
@@ -315,11 +316,12 @@ impl Edge {
             head_only: request.method() == &Method::Head,
             persists: false,
         };
-        let bytes = http_response::render(reply, framing, &date_now());
         let mut connection = request.upgrade("HTTP/1.1", Response::empty(100));
-        let _ = connection
-            .write_all(&bytes)
-            .and_then(|()| connection.flush());
+        let _ = spelled(reply, framing, |bytes| {
+            connection
+                .write_all(bytes)
+                .and_then(|()| connection.flush())
+        });
         self.keep_forever(connection);
     }
 
@@ -371,9 +373,10 @@ fn write_reply(request: Request, reply: &Reply, persists: bool) -> io::Result<()
         head_only: request.method() == &Method::Head,
         persists,
     };
-    let bytes = http_response::render(reply, framing, &date_now());
     let mut writer = request.into_writer();
-    match writer.write_all(&bytes).and_then(|()| writer.flush()) {
+    match spelled(reply, framing, |bytes| {
+        writer.write_all(bytes).and_then(|()| writer.flush())
+    }) {
         Err(error)
             if matches!(
                 error.kind(),
@@ -389,13 +392,44 @@ fn write_reply(request: Request, reply: &Reply, persists: bool) -> io::Result<()
     }
 }
 
+/// Spells `reply` with `http_response::render` into this thread's reply buffer, and hands
+/// the bytes to `write`. Reusing the buffer spares an allocation per reply; one grown past
+/// `REPLY_BUFFER_KEPT_BYTES_MAX` by a large reply is given back afterwards.
+fn spelled<R>(reply: &Reply, framing: Framing, write: impl FnOnce(&[u8]) -> R) -> R {
+    thread_local! {
+        static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    BUFFER.with_borrow_mut(|out| {
+        http_response::render(out, reply, framing, &date_now());
+        let written = write(out);
+        if out.capacity() > limits::REPLY_BUFFER_KEPT_BYTES_MAX {
+            *out = Vec::new();
+        }
+        written
+    })
+}
+
 /// The `Date` header's value for the present second.
 fn date_now() -> [u8; http_response::HTTP_DATE_BYTES] {
+    // Spelling a date costs about as much as the rest of the response head, and a busy thread
+    // writes thousands of replies in the same second; each thread keeps the last one it spelled.
+    thread_local! {
+        static LAST: Cell<(u64, [u8; http_response::HTTP_DATE_BYTES])> =
+            const { Cell::new((u64::MAX, [0; http_response::HTTP_DATE_BYTES])) };
+    }
     // A clock set before 1970 dates responses 1970 rather than failing them.
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
-    http_response::http_date(secs)
+    LAST.with(|last| {
+        let (spelled_secs, spelled) = last.get();
+        if spelled_secs == secs {
+            return spelled;
+        }
+        let date = http_response::http_date(secs);
+        last.set((secs, date));
+        date
+    })
 }
 
 /// tiny_http reads a request body of up to this many bytes when it parses the request.

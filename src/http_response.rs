@@ -38,18 +38,20 @@ pub struct Framing {
     pub persists: bool,
 }
 
-/// The complete response to write for `reply`. `date` is `http_date` of the present second.
-pub fn render(reply: &Reply, framing: Framing, date: &[u8; HTTP_DATE_BYTES]) -> Vec<u8> {
+/// Spells the complete response to write for `reply` into `out`, which it empties first.
+/// `date` is `http_date` of the present second.
+pub fn render(out: &mut Vec<u8>, reply: &Reply, framing: Framing, date: &[u8; HTTP_DATE_BYTES]) {
     let body = if framing.head_only {
         ""
     } else {
         reply.body.as_str()
     };
-    let mut out = Vec::with_capacity(HEAD_BYTES_MAX + body.len());
+    out.clear();
+    out.reserve(HEAD_BYTES_MAX + body.len());
     // The highest version fibd speaks, whatever the request's (RFC 9110, 6.2): an HTTP/1.0
     // client reads it as 1.0, and its connection still closes by 1.0's rules.
     out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(&mut out, u64::from(reply.status));
+    push_decimal(out, u64::from(reply.status));
     out.push(b' ');
     let reason = tiny_http::StatusCode(reply.status).default_reason_phrase();
     out.extend_from_slice(reason.as_bytes());
@@ -58,7 +60,7 @@ pub fn render(reply: &Reply, framing: Framing, date: &[u8; HTTP_DATE_BYTES]) -> 
     out.extend_from_slice(b"\r\nContent-Type: ");
     out.extend_from_slice(reply.format.content_type().as_bytes());
     out.extend_from_slice(b"\r\nContent-Length: ");
-    push_decimal(&mut out, reply.body.len() as u64);
+    push_decimal(out, reply.body.len() as u64);
     out.extend_from_slice(b"\r\n");
     if reply.no_store {
         out.extend_from_slice(b"Cache-Control: no-store\r\n");
@@ -73,7 +75,7 @@ pub fn render(reply: &Reply, framing: Framing, date: &[u8; HTTP_DATE_BYTES]) -> 
     }
     if let Some(secs) = reply.retry_after {
         out.extend_from_slice(b"Retry-After: ");
-        push_decimal(&mut out, u64::from(secs));
+        push_decimal(out, u64::from(secs));
         out.extend_from_slice(b"\r\n");
     }
     let persists_by_default = framing.version >= (1, 1);
@@ -84,7 +86,6 @@ pub fn render(reply: &Reply, framing: Framing, date: &[u8; HTTP_DATE_BYTES]) -> 
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body.as_bytes());
-    out
 }
 
 /// Room for the status line and headers, so that `render` allocates once.
@@ -169,7 +170,7 @@ fn push_decimal(out: &mut Vec<u8>, value: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::routes::Format;
+    use crate::routes::{self, Format};
 
     fn date(secs: u64) -> String {
         String::from_utf8(http_date(secs).to_vec()).unwrap()
@@ -216,6 +217,23 @@ mod tests {
     }
 
     #[test]
+    fn render_replaces_what_the_buffer_held() {
+        let framing = Framing {
+            version: (1, 1),
+            head_only: false,
+            persists: true,
+        };
+        let (long, short) = (routes::list(100, Format::Json), routes::number(3, Format::Text));
+        let mut reused = Vec::new();
+        render(&mut reused, &long, framing, DATE);
+        render(&mut reused, &short, framing, DATE);
+        let mut fresh = Vec::new();
+        render(&mut fresh, &short, framing, DATE);
+        assert_eq!(reused, fresh);
+        assert!(fresh.ends_with(b"\r\n\r\n2\n"), "{}", String::from_utf8_lossy(&fresh));
+    }
+
+    #[test]
     fn decimals() {
         for value in [0, 7, 10, 186, 65_535, u64::MAX] {
             let mut out = b"x".to_vec();
@@ -244,7 +262,9 @@ mod tests {
             head_only,
             persists,
         };
-        String::from_utf8(render(reply, framing, DATE)).unwrap()
+        let mut out = Vec::new();
+        render(&mut out, reply, framing, DATE);
+        String::from_utf8(out).unwrap()
     }
 
     #[test]

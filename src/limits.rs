@@ -17,6 +17,10 @@ pub const STEP_QUEUE_MAX: usize = 4096;
 /// Finished steps waiting to be written back to their clients. When full, the state owner
 /// waits, the step queue fills, and new steps get 503: back-pressure instead of growth.
 pub const REPLY_QUEUE_MAX: usize = 4096;
+/// Bytes of reply buffer each answering thread keeps between replies. Every cursor and
+/// number reply fits in far less; a larger one (`/metrics`, a long `/fib?n=` list) gives its
+/// buffer back, so idle threads never hold more than this each.
+pub const REPLY_BUFFER_KEPT_BYTES_MAX: usize = 16 * 1024;
 /// Threads that write step replies. Replies are sharded by connection so one connection's
 /// replies keep their order; more than one keeps a slow reader from delaying everyone's steps.
 pub const STEP_RESPONDERS: usize = 2;
