@@ -14,11 +14,12 @@
 //!
 //! The table is generic over what it holds, so its rules are tested without sockets.
 
-use std::collections::hash_map::Entry;
+use std::collections::hash_map::{Entry, RandomState};
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::limits;
@@ -75,6 +76,61 @@ impl Abandoned {
     }
 }
 
+/// A client connection's address, with its hash: computed once when a request arrives, it
+/// serves both of the table's lookups for that request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Peer {
+    addr: SocketAddr,
+    /// The address hashed with SipHash under keys drawn at random once per process, so that
+    /// clients, who choose their ports, cannot aim many connections at one bucket.
+    digest: u64,
+}
+
+impl Peer {
+    pub fn of(addr: SocketAddr) -> Peer {
+        static KEYS: OnceLock<RandomState> = OnceLock::new();
+        let digest = KEYS.get_or_init(RandomState::new).hash_one(addr);
+        Peer { addr, digest }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shard that holds this peer. The table itself places entries by the digest's low
+    /// bits and tells them apart by its top seven, so the shard is taken from bits in between:
+    /// otherwise every entry of a shard would share the low bits and crowd into a fraction of
+    /// the shard's buckets.
+    fn shard(&self) -> usize {
+        (self.digest >> 32) as usize % SHARDS
+    }
+}
+
+impl Hash for Peer {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.digest);
+    }
+}
+
+/// The table's hasher: it takes a `Peer`'s digest as the hash, since the digest is a keyed
+/// hash already.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("the connection table hashes nothing but a Peer's digest");
+    }
+
+    fn write_u64(&mut self, digest: u64) {
+        self.0 = digest;
+    }
+}
+
 struct Connection<T> {
     /// One request of this connection is between admission and `finish`.
     in_flight: bool,
@@ -96,15 +152,15 @@ struct Abandonment {
 }
 
 struct Shard<T> {
-    connections: HashMap<SocketAddr, Connection<T>>,
+    connections: HashMap<Peer, Connection<T>, BuildHasherDefault<DigestHasher>>,
     /// Entries of `connections` that are abandoned.
     abandoned: usize,
     next_sweep: Instant,
 }
 
 pub struct Connections<T> {
-    /// Sharded by client port, so the acceptor and the threads finishing requests rarely wait
-    /// for each other.
+    /// Sharded by client address, so the acceptor and the threads finishing requests rarely
+    /// wait for each other.
     shards: Vec<Mutex<Shard<T>>>,
     /// Requests waiting in all connections together.
     waiting_total: AtomicUsize,
@@ -123,7 +179,7 @@ impl<T> Connections<T> {
     pub fn new(forget_after: Duration, watch_max: Duration, now: Instant) -> Connections<T> {
         let shard = || {
             Mutex::new(Shard {
-                connections: HashMap::new(),
+                connections: HashMap::default(),
                 abandoned: 0,
                 next_sweep: now + forget_after,
             })
@@ -136,16 +192,16 @@ impl<T> Connections<T> {
         }
     }
 
-    fn shard(&self, peer: SocketAddr) -> std::sync::MutexGuard<'_, Shard<T>> {
+    fn shard(&self, peer: Peer) -> std::sync::MutexGuard<'_, Shard<T>> {
         // A panic while holding the lock aborts the process (see the panic hook), so a
         // poisoned lock is never observed by a live server.
-        self.shards[usize::from(peer.port()) % SHARDS]
+        self.shards[peer.shard()]
             .lock()
             .expect("connection table lock")
     }
 
     /// Admits a request of the connection from `peer`.
-    pub fn admit(&self, peer: SocketAddr, request: T, now: Instant) -> Admit<T> {
+    pub fn admit(&self, peer: Peer, request: T, now: Instant) -> Admit<T> {
         let mut shard = self.shard(peer);
         if now >= shard.next_sweep {
             self.sweep(&mut shard, now);
@@ -201,22 +257,18 @@ impl<T> Connections<T> {
 
     /// Records that the request in flight of `peer` has been answered: `Ok` when its reply was
     /// written, else why the connection is to be abandoned.
-    pub fn finish(
-        &self,
-        peer: SocketAddr,
-        answered: Result<(), Abandoned>,
-        now: Instant,
-    ) -> Finish<T> {
+    pub fn finish(&self, peer: Peer, answered: Result<(), Abandoned>, now: Instant) -> Finish<T> {
         let mut shard = self.shard(peer);
         // One lookup serves both what follows and the removal at the end, which an idle
         // connection needs after every request.
         let Entry::Occupied(mut entry) = shard.connections.entry(peer) else {
-            panic!("finish for {peer}, which has no request in flight");
+            panic!("finish for {}, which has no request in flight", peer.addr);
         };
         let connection = entry.get_mut();
         assert!(
             connection.in_flight,
-            "finish for {peer} without a request in flight"
+            "finish for {} without a request in flight",
+            peer.addr
         );
         if let Some(abandonment) = connection.abandoned.as_mut() {
             connection.in_flight = false;
@@ -270,7 +322,7 @@ impl<T> Connections<T> {
     /// abandoned for an unclear request end last, since forgetting those early is what could
     /// let a request smuggled on them be served. Never `peer`, nor one with a request in
     /// flight. A flood of abandoned connections then costs bounded memory and time.
-    fn remember_abandoned(shard: &mut Shard<T>, peer: SocketAddr) {
+    fn remember_abandoned(shard: &mut Shard<T>, peer: Peer) {
         let share = limits::ABANDONED_REMEMBERED_MAX / SHARDS;
         shard.abandoned += 1;
         if shard.abandoned <= share {
@@ -336,8 +388,8 @@ impl<T> Connections<T> {
 mod tests {
     use super::*;
 
-    fn peer(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
+    fn peer(port: u16) -> Peer {
+        Peer::of(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
     fn table() -> (Connections<u32>, Instant) {
@@ -422,11 +474,35 @@ mod tests {
     }
 
     #[test]
+    fn one_address_is_one_peer_and_one_clients_ports_fill_every_shard() {
+        assert_eq!(peer(8080), peer(8080));
+        assert_ne!(peer(8080), peer(8081));
+        let mut per_shard = [0usize; SHARDS];
+        for port in 32_768..=u16::MAX {
+            per_shard[peer(port).shard()] += 1;
+        }
+        let expected = 32_768 / SHARDS;
+        assert!(
+            per_shard
+                .iter()
+                .all(|&n| n > expected * 9 / 10 && n < expected * 11 / 10),
+            "{per_shard:?}"
+        );
+    }
+
+    #[test]
     fn abandoned_connections_remembered_at_once_are_bounded() {
         let (table, now) = table();
-        // Clients on one port, so all in one shard, from addresses told apart by their host.
-        let client = |i: usize| SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 4321));
         let share = limits::ABANDONED_REMEMBERED_MAX / SHARDS;
+        // Clients that all fall in one shard.
+        let clients: Vec<Peer> = (1..=4)
+            .flat_map(|host| (0..=u16::MAX).map(move |port| ([10, 0, 0, host], port)))
+            .map(|addr| Peer::of(SocketAddr::from(addr)))
+            .filter(|peer| peer.shard() == 0)
+            .take(share + 1)
+            .collect();
+        assert_eq!(clients.len(), share + 1, "enough ports hash to one shard");
+        let client = |i: usize| clients[i];
         // The first client's connection lost its framing; the rest stopped reading.
         for i in 0..=share {
             let at = now + Duration::from_millis(i as u64);

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use tiny_http::{Method, Request, Response, Server};
 
-use crate::connections::{Abandoned, Admit, Connections, Finish};
+use crate::connections::{Abandoned, Admit, Connections, Finish, Peer};
 use crate::http_response::{self, Framing};
 use crate::limits;
 use crate::log;
@@ -115,6 +115,8 @@ pub struct Edge {
 /// What the edge remembers about a request until its reply is written.
 #[derive(Clone, Copy)]
 struct Meta {
+    /// The client connection's address, where tiny_http knows it.
+    peer: Option<Peer>,
     route: RouteLabel,
     arrived: Instant,
     step: bool,
@@ -185,13 +187,14 @@ impl Edge {
     fn answer(&self, request: Request, reply: Reply, meta: Meta) {
         let mut next = Some((request, reply, meta));
         while let Some((request, reply, meta)) = next.take() {
-            let peer = request.remote_addr().copied();
             let answered = self.respond(request, reply, meta);
-            let Some(peer) = peer else { return };
+            let Some(peer) = meta.peer else { return };
             match self.connections.finish(peer, answered, Instant::now()) {
                 Finish::Idle => {}
                 Finish::Next(routed) => next = self.forward(routed),
-                Finish::Drop(dropped, reason) => self.drop_unanswered(peer, dropped, Some(reason)),
+                Finish::Drop(dropped, reason) => {
+                    self.drop_unanswered(peer.addr(), dropped, Some(reason));
+                }
             }
         }
     }
@@ -735,7 +738,7 @@ fn shed_backlog(listener: &TcpListener) -> u64 {
 /// queue is full the request is answered 503 at once.
 fn dispatch(edge: &Edge, request: Request) {
     let arrived = Instant::now();
-    let peer = request.remote_addr().copied();
+    let peer = request.remote_addr().copied().map(Peer::of);
     // One pass over the headers for everything routing needs.
     let mut accept = routes::Accept::default();
     let (mut transfer_encoded, mut header_bytes) = (false, 0);
@@ -785,7 +788,11 @@ fn dispatch(edge: &Edge, request: Request) {
     let route = routes::check_head(&head, format)
         .and_then(|()| routes::route(request.method().as_str(), request.url(), has_body, format));
     let mut meta = Meta {
-        route: RouteLabel::of_target(request.url()),
+        peer,
+        route: match &route {
+            Ok(route) => RouteLabel::of_route(route),
+            Err(_) => RouteLabel::of_target(request.url()),
+        },
         arrived,
         step: false,
         persists,
@@ -813,7 +820,7 @@ fn dispatch(edge: &Edge, request: Request) {
             Admit::Go(routed) => routed,
             Admit::Parked => return,
             Admit::Drop(dropped, abandoned) => {
-                edge.drop_unanswered(peer, dropped, abandoned);
+                edge.drop_unanswered(peer.addr(), dropped, abandoned);
                 return;
             }
             Admit::Refuse(routed) => {
@@ -940,6 +947,7 @@ mod tests {
     /// A request for `route`, routed as the acceptor routes it, on a connection that persists.
     fn routed(path: &str, route: Route, port: u16) -> Routed {
         let meta = Meta {
+            peer: Some(Peer::of(SocketAddr::from(([127, 0, 0, 1], port)))),
             route: RouteLabel::of_target(path),
             arrived: Instant::now(),
             step: false,

@@ -223,14 +223,21 @@ mod tests {
             head_only: false,
             persists: true,
         };
-        let (long, short) = (routes::list(100, Format::Json), routes::number(3, Format::Text));
+        let (long, short) = (
+            routes::list(100, Format::Json),
+            routes::number(3, Format::Text),
+        );
         let mut reused = Vec::new();
         render(&mut reused, &long, framing, DATE);
         render(&mut reused, &short, framing, DATE);
         let mut fresh = Vec::new();
         render(&mut fresh, &short, framing, DATE);
         assert_eq!(reused, fresh);
-        assert!(fresh.ends_with(b"\r\n\r\n2\n"), "{}", String::from_utf8_lossy(&fresh));
+        assert!(
+            fresh.ends_with(b"\r\n\r\n2\n"),
+            "{}",
+            String::from_utf8_lossy(&fresh)
+        );
     }
 
     #[test]

@@ -6,6 +6,9 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::cursor::Step;
+use crate::routes::Route;
+
 /// The routes requests are counted by. `Other` is every request that matched no route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteLabel {
@@ -35,6 +38,24 @@ impl RouteLabel {
             "/metrics" => RouteLabel::Metrics,
             p if p.starts_with("/fib/") => RouteLabel::Fib,
             _ => RouteLabel::Other,
+        }
+    }
+}
+
+impl RouteLabel {
+    /// The label of a routed request: what `of_target` gives for its target, without parsing
+    /// the target a second time.
+    pub fn of_route(route: &Route) -> RouteLabel {
+        match route {
+            Route::Index => RouteLabel::Index,
+            Route::Current => RouteLabel::Current,
+            Route::Step(Step::Next) => RouteLabel::Next,
+            Route::Step(Step::Previous) => RouteLabel::Previous,
+            Route::Fib(_) => RouteLabel::Fib,
+            Route::FibList(_) => RouteLabel::FibList,
+            Route::Health => RouteLabel::Healthz,
+            Route::Ready => RouteLabel::Readyz,
+            Route::Metrics => RouteLabel::Metrics,
         }
     }
 }
@@ -517,6 +538,37 @@ mod tests {
         assert_eq!(RouteLabel::of_target("HTTP://h/next"), RouteLabel::Next);
         assert_eq!(RouteLabel::of_target("http://h?x"), RouteLabel::Index);
         assert_eq!(RouteLabel::of_target("/nowhere"), RouteLabel::Other);
+    }
+
+    #[test]
+    fn a_routed_request_gets_the_label_of_its_target() {
+        let targets = [
+            "/",
+            "/current",
+            "/next",
+            "/previous",
+            "/fib/7",
+            "/fib?n=3",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "http://h/next",
+            "HTTP://h?x",
+            "/current?x=1",
+        ];
+        for target in targets {
+            let route = ["GET", "POST"]
+                .iter()
+                .find_map(|m| {
+                    crate::routes::route(m, target, false, crate::routes::Format::Text).ok()
+                })
+                .unwrap_or_else(|| panic!("{target} routes"));
+            assert_eq!(
+                RouteLabel::of_route(&route),
+                RouteLabel::of_target(target),
+                "{target}"
+            );
+        }
     }
 
     #[test]
