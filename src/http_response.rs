@@ -41,11 +41,7 @@ pub struct Framing {
 /// Spells the complete response to write for `reply` into `out`, which it empties first.
 /// `date` is `http_date` of the present second.
 pub fn render(out: &mut Vec<u8>, reply: &Reply, framing: Framing, date: &[u8; HTTP_DATE_BYTES]) {
-    let body = if framing.head_only {
-        ""
-    } else {
-        reply.body.as_str()
-    };
+    let body = if framing.head_only { "" } else { &reply.body };
     out.clear();
     out.reserve(HEAD_BYTES_MAX + body.len());
     // The highest version fibd speaks, whatever the request's (RFC 9110, 6.2): an HTTP/1.0
@@ -252,7 +248,7 @@ mod tests {
     fn reply(status: u16, body: &str) -> Reply {
         Reply {
             status,
-            body: body.to_string(),
+            body: body.to_string().into(),
             format: Format::Text,
             no_store: false,
             allow: None,

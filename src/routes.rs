@@ -2,7 +2,9 @@
 //! which action, and how every answer and error is spelled in plain text and in JSON.
 //! Pure functions of their input, so they are unit-tested and fuzzed directly.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 use crate::cursor::{Bound, Step};
 use crate::fib;
@@ -237,7 +239,8 @@ pub enum Route {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub status: u16,
-    pub body: String,
+    /// Borrowed for the answers spelled once for all (`number`), owned for the rest.
+    pub body: Cow<'static, str>,
     pub format: Format,
     /// Set on every answer about the cursor, whose value changes under the client's feet.
     pub no_store: bool,
@@ -251,10 +254,10 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn ok(format: Format, body: String) -> Reply {
+    fn ok(format: Format, body: impl Into<Cow<'static, str>>) -> Reply {
         Reply {
             status: 200,
-            body,
+            body: body.into(),
             format,
             no_store: false,
             allow: None,
@@ -279,7 +282,7 @@ impl Reply {
         };
         Reply {
             status,
-            body,
+            body: body.into(),
             format,
             no_store: false,
             allow: None,
@@ -666,17 +669,32 @@ fn parse_plain_decimal(s: &str) -> Decimal {
 
 /// The answer for a cursor position or a single table entry.
 pub fn number(index: u8, format: Format) -> Reply {
-    let value = fib::decimal(index.into()).expect("routes only produce indices in the table");
+    // `/current` is the most frequent request of all, and there are only 187 numbers: each
+    // body is spelled once, the first time any is asked for, and never allocated again.
+    static BODIES: OnceLock<Vec<NumberBodies>> = OnceLock::new();
+    let bodies = BODIES.get_or_init(|| {
+        (0..=fib::INDEX_MAX)
+            .map(|index| {
+                let value = fib::decimal(index.into()).expect("every index up to the last");
+                NumberBodies {
+                    text: format!("{value}\n"),
+                    json: format!("{{\"index\":{index},\"value\":\"{value}\"}}\n"),
+                }
+            })
+            .collect()
+    });
+    let bodies = &bodies[usize::from(index)];
     let body = match format {
-        Format::Text | Format::Prometheus => {
-            let mut body = String::with_capacity(value.len() + 1);
-            body.push_str(value);
-            body.push('\n');
-            body
-        }
-        Format::Json => format!("{{\"index\":{index},\"value\":\"{value}\"}}\n"),
+        Format::Text | Format::Prometheus => bodies.text.as_str(),
+        Format::Json => bodies.json.as_str(),
     };
     Reply::ok(format, body)
+}
+
+/// A number's answer body in each format.
+struct NumberBodies {
+    text: String,
+    json: String,
 }
 
 /// The answer for `/current`, `/next` and `/previous`.
@@ -784,8 +802,8 @@ pub fn health(format: Format) -> Reply {
     Reply::ok(
         format,
         match format {
-            Format::Json => "{\"status\":\"ok\"}\n".into(),
-            _ => "ok\n".into(),
+            Format::Json => "{\"status\":\"ok\"}\n",
+            _ => "ok\n",
         },
     )
 }
@@ -793,8 +811,8 @@ pub fn health(format: Format) -> Reply {
 pub fn ready(is_ready: bool, format: Format) -> Reply {
     if is_ready {
         let body = match format {
-            Format::Json => "{\"status\":\"ready\"}\n".into(),
-            _ => "ready\n".into(),
+            Format::Json => "{\"status\":\"ready\"}\n",
+            _ => "ready\n",
         };
         Reply::ok(format, body)
     } else {
@@ -815,7 +833,7 @@ pub fn metrics(text: String) -> Reply {
 
 /// The index of routes, plain text whatever the client's Accept header.
 pub fn index() -> Reply {
-    Reply::ok(Format::Text, INDEX.into()).not_negotiated()
+    Reply::ok(Format::Text, INDEX).not_negotiated()
 }
 
 const INDEX: &str = "\
@@ -926,6 +944,16 @@ mod tests {
         route(method, target, false, Format::Text)
             .unwrap_err()
             .status
+    }
+
+    #[test]
+    fn every_number_answer_spells_its_entry() {
+        for index in 0..=fib::INDEX_MAX {
+            let value = fib::value(index.into()).expect("in the table").to_string();
+            assert_eq!(number(index, Format::Text).body, format!("{value}\n"));
+            let json = format!("{{\"index\":{index},\"value\":\"{value}\"}}\n");
+            assert_eq!(number(index, Format::Json).body, json);
+        }
     }
 
     #[test]
