@@ -871,8 +871,9 @@ pub fn path_and_query(target: &str) -> (&str, Option<&str>) {
         })
     });
     let target = origin_form.unwrap_or(target);
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
+    // A byte scan: targets are short, and `split_once` sets up a searcher on every request.
+    let (path, query) = match target.bytes().position(|b| b == b'?') {
+        Some(at) => (&target[..at], Some(&target[at + 1..])),
         None => (target, None),
     };
     match (path, origin_form) {
