@@ -93,8 +93,19 @@ impl Peer {
         Peer { addr, digest }
     }
 
+    /// The peer of `addr`, whose `digest` an earlier `Peer::of(addr)` gave.
+    pub fn of_digest(addr: SocketAddr, digest: u64) -> Peer {
+        let peer = Peer { addr, digest };
+        debug_assert_eq!(peer, Peer::of(addr), "a digest kept for another address");
+        peer
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    pub fn digest(&self) -> u64 {
+        self.digest
     }
 
     /// The shard that holds this peer. The table itself places entries by the digest's low

@@ -115,8 +115,10 @@ pub struct Edge {
 /// What the edge remembers about a request until its reply is written.
 #[derive(Clone, Copy)]
 struct Meta {
-    /// The client connection's address, where tiny_http knows it.
-    peer: Option<Peer>,
+    /// The client's address as hashed for the connection table (`Peer::digest`), so that
+    /// finishing the request need not hash it again. Only the digest is kept: a queue slot
+    /// holds a `Meta`, and every queue's slots are allocated when it is made.
+    peer_digest: u64,
     route: RouteLabel,
     arrived: Instant,
     step: bool,
@@ -187,8 +189,11 @@ impl Edge {
     fn answer(&self, request: Request, reply: Reply, meta: Meta) {
         let mut next = Some((request, reply, meta));
         while let Some((request, reply, meta)) = next.take() {
+            let peer = request
+                .remote_addr()
+                .map(|&addr| Peer::of_digest(addr, meta.peer_digest));
             let answered = self.respond(request, reply, meta);
-            let Some(peer) = meta.peer else { return };
+            let Some(peer) = peer else { return };
             match self.connections.finish(peer, answered, Instant::now()) {
                 Finish::Idle => {}
                 Finish::Next(routed) => next = self.forward(routed),
@@ -458,7 +463,9 @@ fn body_left_unread(body_length: Option<usize>, expects: bool, upgrade: bool) ->
 /// A request for a worker: answer a route, or send an error already decided by the acceptor.
 enum Job {
     Answer(Request, Route, Format, Meta),
-    Reject(Request, Reply, Meta),
+    /// Boxed, because the work queue's slots are all allocated up front at the size of the
+    /// largest job, and a reply is larger than a route; a rejection is worth an allocation.
+    Reject(Request, Box<Reply>, Meta),
 }
 
 /// A routed request on its way to the thread that answers it.
@@ -788,7 +795,7 @@ fn dispatch(edge: &Edge, request: Request) {
     let route = routes::check_head(&head, format)
         .and_then(|()| routes::route(request.method().as_str(), request.url(), has_body, format));
     let mut meta = Meta {
-        peer,
+        peer_digest: peer.map_or(0, |peer| peer.digest()),
         route: match &route {
             Ok(route) => RouteLabel::of_route(route),
             Err(_) => RouteLabel::of_target(request.url()),
@@ -812,7 +819,7 @@ fn dispatch(edge: &Edge, request: Request) {
             Routed::Step(StepRequest { step, ticket })
         }
         Ok(route) => Routed::Work(Job::Answer(request, route, format, meta)),
-        Err(reply) => Routed::Work(Job::Reject(request, reply, meta)),
+        Err(reply) => Routed::Work(Job::Reject(request, Box::new(reply), meta)),
     };
     let routed = match peer {
         None => routed,
@@ -828,7 +835,7 @@ fn dispatch(edge: &Edge, request: Request) {
                 meta.step = false;
                 meta.persists = false;
                 let reply = routes::after_framing_lost(format);
-                Routed::Work(Job::Reject(request, reply, meta))
+                Routed::Work(Job::Reject(request, Box::new(reply), meta))
             }
         },
     };
@@ -851,7 +858,7 @@ fn responder_for(peer: &SocketAddr) -> usize {
 fn work(edge: &Edge, jobs: Receiver<Job>) {
     for job in jobs {
         match job {
-            Job::Reject(request, reply, meta) => edge.answer(request, reply, meta),
+            Job::Reject(request, reply, meta) => edge.answer(request, *reply, meta),
             Job::Answer(request, route, format, meta) => {
                 let reply = match route {
                     Route::Current => routes::cursor(edge.published.index(), format),
@@ -947,7 +954,7 @@ mod tests {
     /// A request for `route`, routed as the acceptor routes it, on a connection that persists.
     fn routed(path: &str, route: Route, port: u16) -> Routed {
         let meta = Meta {
-            peer: Some(Peer::of(SocketAddr::from(([127, 0, 0, 1], port)))),
+            peer_digest: Peer::of(SocketAddr::from(([127, 0, 0, 1], port))).digest(),
             route: RouteLabel::of_target(path),
             arrived: Instant::now(),
             step: false,
