@@ -40,9 +40,7 @@ impl RouteLabel {
             _ => RouteLabel::Other,
         }
     }
-}
 
-impl RouteLabel {
     /// The label of a routed request: what `of_target` gives for its target, without parsing
     /// the target a second time.
     pub fn of_route(route: &Route) -> RouteLabel {
