@@ -325,7 +325,7 @@ impl Edge {
             persists: false,
         };
         let mut connection = request.upgrade("HTTP/1.1", Response::empty(100));
-        let _ = spelled(reply, framing, |bytes| {
+        let _ = with_rendered(reply, framing, |bytes| {
             connection
                 .write_all(bytes)
                 .and_then(|()| connection.flush())
@@ -382,7 +382,7 @@ fn write_reply(request: Request, reply: &Reply, persists: bool) -> io::Result<()
         persists,
     };
     let mut writer = request.into_writer();
-    match spelled(reply, framing, |bytes| {
+    match with_rendered(reply, framing, |bytes| {
         writer.write_all(bytes).and_then(|()| writer.flush())
     }) {
         Err(error)
@@ -400,15 +400,20 @@ fn write_reply(request: Request, reply: &Reply, persists: bool) -> io::Result<()
     }
 }
 
-/// Spells `reply` with `http_response::render` into this thread's reply buffer, and hands
+thread_local! {
+    /// Each answering thread's reply buffer (`with_rendered`).
+    static REPLY_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// The second whose `Date` this thread spelled last, and that date (`date_for`).
+    static LAST_DATE: Cell<(u64, [u8; http_response::HTTP_DATE_BYTES])> =
+        const { Cell::new((u64::MAX, [0; http_response::HTTP_DATE_BYTES])) };
+}
+
+/// Renders `reply` with `http_response::render` into this thread's reply buffer, and hands
 /// the bytes to `write`. Reusing the buffer spares an allocation per reply; one grown past
 /// `REPLY_BUFFER_KEPT_BYTES_MAX` by a large reply is given back afterwards.
-fn spelled<R>(reply: &Reply, framing: Framing, write: impl FnOnce(&[u8]) -> R) -> R {
-    thread_local! {
-        static BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-    }
-    BUFFER.with_borrow_mut(|out| {
-        http_response::render(out, reply, framing, &date_now());
+fn with_rendered<R>(reply: &Reply, framing: Framing, write: impl FnOnce(&[u8]) -> R) -> R {
+    REPLY_BUFFER.with_borrow_mut(|out| {
+        http_response::render(out, reply, framing, &date_for(unix_secs_now()));
         let written = write(out);
         if out.capacity() > limits::REPLY_BUFFER_KEPT_BYTES_MAX {
             *out = Vec::new();
@@ -417,22 +422,21 @@ fn spelled<R>(reply: &Reply, framing: Framing, write: impl FnOnce(&[u8]) -> R) -
     })
 }
 
-/// The `Date` header's value for the present second.
-fn date_now() -> [u8; http_response::HTTP_DATE_BYTES] {
-    // Spelling a date costs about as much as the rest of the response head, and a busy thread
-    // writes thousands of replies in the same second; each thread keeps the last one it spelled.
-    thread_local! {
-        static LAST: Cell<(u64, [u8; http_response::HTTP_DATE_BYTES])> =
-            const { Cell::new((u64::MAX, [0; http_response::HTTP_DATE_BYTES])) };
-    }
-    // A clock set before 1970 dates responses 1970 rather than failing them.
-    let secs = SystemTime::now()
+/// Seconds since 1970. A clock set before 1970 dates responses 1970 rather than failing them.
+fn unix_secs_now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_secs());
-    LAST.with(|last| {
-        let (spelled_secs, spelled) = last.get();
-        if spelled_secs == secs {
-            return spelled;
+        .map_or(0, |since| since.as_secs())
+}
+
+/// The `Date` header's value for `secs`. Spelling a date costs about as much as the rest of
+/// the response head, and a busy thread writes thousands of replies in the same second, so
+/// each thread keeps the last one it spelled.
+fn date_for(secs: u64) -> [u8; http_response::HTTP_DATE_BYTES] {
+    LAST_DATE.with(|last| {
+        let (last_secs, last_date) = last.get();
+        if last_secs == secs {
+            return last_date;
         }
         let date = http_response::http_date(secs);
         last.set((secs, date));
@@ -949,6 +953,35 @@ mod tests {
         dispatch(&edge, get("/fib/10", 40_004));
         assert_eq!(edge.metrics.requests_shed.load(Ordering::Relaxed), 0);
         assert!(counted(&edge, "/fib/{n}", 503));
+    }
+
+    #[test]
+    fn each_second_gets_its_own_date() {
+        let (a, b) = (1_000_000_000, 1_000_000_001);
+        assert_eq!(date_for(a), http_response::http_date(a));
+        assert_eq!(date_for(a), http_response::http_date(a));
+        assert_eq!(date_for(b), http_response::http_date(b));
+        assert_ne!(date_for(a), date_for(b));
+    }
+
+    #[test]
+    fn a_thread_keeps_its_reply_buffer_unless_a_reply_outgrew_it() {
+        let framing = Framing {
+            version: (1, 1),
+            head_only: false,
+            persists: true,
+        };
+        let large = routes::metrics("x".repeat(limits::REPLY_BUFFER_KEPT_BYTES_MAX));
+        let written = with_rendered(&large, framing, <[u8]>::len);
+        assert!(written > limits::REPLY_BUFFER_KEPT_BYTES_MAX);
+        assert_eq!(REPLY_BUFFER.with_borrow(Vec::capacity), 0, "given back");
+        let small = routes::number(10, Format::Text);
+        let written = with_rendered(&small, framing, |bytes| bytes.to_vec());
+        assert!(written.ends_with(b"\r\n\r\n55\n"));
+        assert!(
+            REPLY_BUFFER.with_borrow(Vec::capacity) >= written.len(),
+            "kept"
+        );
     }
 
     /// A request for `route`, routed as the acceptor routes it, on a connection that persists.

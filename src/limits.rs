@@ -17,9 +17,10 @@ pub const STEP_QUEUE_MAX: usize = 4096;
 /// Finished steps waiting to be written back to their clients. When full, the state owner
 /// waits, the step queue fills, and new steps get 503: back-pressure instead of growth.
 pub const REPLY_QUEUE_MAX: usize = 4096;
-/// Bytes of reply buffer each answering thread keeps between replies. Every cursor and
-/// number reply fits in far less; a larger one (`/metrics`, a long `/fib?n=` list) gives its
-/// buffer back, so idle threads never hold more than this each.
+/// Bytes of reply buffer each answering thread keeps between replies. Every reply fibd spells
+/// today fits (the largest, `/metrics`, is about 7 KB, and a list of all 187 numbers about
+/// 4 KB); a larger one would give its buffer back afterwards, so that no reply, however
+/// large, leaves every thread holding its size.
 pub const REPLY_BUFFER_KEPT_BYTES_MAX: usize = 16 * 1024;
 /// Threads that write step replies. Replies are sharded by connection so one connection's
 /// replies keep their order; more than one keeps a slow reader from delaying everyone's steps.
@@ -59,8 +60,8 @@ pub const ABANDONED_IDLE_TIMEOUTS: u32 = 2;
 /// stays: a client that keeps its port for new connections is then served again, and only a
 /// client that ignored `Connection: close` could still be on the connection it was sent on.
 pub const ABANDONED_WATCH_IDLE_TIMEOUTS_MAX: u32 = 8;
-/// Abandoned connections remembered at once, 1/16 of it in each shard of the table: at 96
-/// bytes an entry, the shards' hash tables peak near 12 MiB under a flood (tens of thousands
+/// Abandoned connections remembered at once, 1/16 of it in each shard of the table: at 120
+/// bytes an entry, the shards' hash tables peak near 16 MiB under a flood (tens of thousands
 /// a second, each remembered for up to four idle timeouts); past it, the quietest are
 /// forgotten early.
 pub const ABANDONED_REMEMBERED_MAX: usize = 65_536;

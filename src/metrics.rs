@@ -553,6 +553,9 @@ mod tests {
             "http://h/next",
             "HTTP://h?x",
             "/current?x=1",
+            "/fib?n=187",
+            "/fib/186",
+            "https://h",
         ];
         for target in targets {
             let route = ["GET", "POST"]
