@@ -192,9 +192,9 @@ impl Edge {
             let peer = request
                 .remote_addr()
                 .map(|&addr| Peer::of_digest(addr, meta.peer_digest));
-            let answered = self.respond(request, reply, meta);
+            let (answered, answered_at) = self.respond(request, reply, meta);
             let Some(peer) = peer else { return };
-            match self.connections.finish(peer, answered, Instant::now()) {
+            match self.connections.finish(peer, answered, answered_at) {
                 Finish::Idle => {}
                 Finish::Next(routed) => next = self.forward(routed),
                 Finish::Drop(dropped, reason) => {
@@ -280,8 +280,14 @@ impl Edge {
     /// Writes `reply` to the client. `Ok` when it was written (a client that has closed the
     /// connection counts, since tiny_http ignores those errors); else why the connection is to
     /// be abandoned: the client stopped reading (the send timeout fired), or the request's
-    /// body was left unread.
-    fn respond(&self, request: Request, reply: Reply, meta: Meta) -> Result<(), Abandoned> {
+    /// body was left unread. Also returns when the reply was done, which both the latency
+    /// metric and the connection table take, so that the clock is read once.
+    fn respond(
+        &self,
+        request: Request,
+        reply: Reply,
+        meta: Meta,
+    ) -> (Result<(), Abandoned>, Instant) {
         let status = reply.status;
         let access = self.access_fields(&request);
         let answered = if meta.body_unread {
@@ -296,7 +302,8 @@ impl Edge {
                 Ok(())
             })
         };
-        let elapsed = meta.arrived.elapsed();
+        let answered_at = Instant::now();
+        let elapsed = answered_at.duration_since(meta.arrived);
         self.metrics.request(meta.route, status, meta.step, elapsed);
         if let Some((method, target, remote)) = access {
             log::info(
@@ -310,7 +317,7 @@ impl Edge {
                 ],
             );
         }
-        answered
+        (answered, answered_at)
     }
 
     /// Answers a request whose body tiny_http left on the socket, without ever dropping it
