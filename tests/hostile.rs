@@ -167,6 +167,15 @@ fn requests_tiny_http_cannot_parse_get_its_own_answer_or_none() {
     let dir = TempDir::new("unparsed");
     let idle = Duration::from_millis(2_000);
     let server = Server::start(&dir.join("fibd.state"), &["--idle-timeout-ms", "2000"]);
+    // An HTTP/2.0 request line deadlocks the connection's thread inside tiny_http (its 505
+    // waits for a writer that the request itself holds), so the connection is neither answered
+    // nor closed, not even by the idle timeout, which only ends reads. Sent first and checked
+    // last, so that its wait past the idle timeout overlaps the checks below.
+    let http_2_sent = Instant::now();
+    let mut http_2 = connect(server.addr);
+    http_2
+        .write_all(b"GET /current HTTP/2.0\r\nHost: t\r\n\r\n")
+        .unwrap();
     // Answered by tiny_http itself: an empty 4xx that names tiny_http, then the connection ends.
     for (what, bytes, status) in [
         ("a malformed request line", &b"GARBAGE\r\n\r\n"[..], 400),
@@ -226,6 +235,22 @@ fn requests_tiny_http_cannot_parse_get_its_own_answer_or_none() {
             "{what}: closed after {waited:?}"
         );
     }
+    // Past the idle timeout, the HTTP/2.0 connection has still neither an answer nor an end.
+    let past_idle = (idle * 3 / 2).saturating_sub(http_2_sent.elapsed());
+    http_2
+        .set_read_timeout(Some(past_idle.max(Duration::from_millis(100))))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let err = http_2
+        .read(&mut byte)
+        .expect_err("HTTP/2.0: neither an answer nor a close");
+    assert!(
+        matches!(
+            err.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "HTTP/2.0: {err}"
+    );
     assert_eq!(server.value("/current"), "0");
 }
 
