@@ -29,7 +29,7 @@ use crate::http_response::{self, Framing};
 use crate::limits;
 use crate::log;
 use crate::metrics::{Metrics, RouteLabel};
-use crate::routes::{self, Format, Reply, Route};
+use crate::routes::{self, Format, Readiness, Reply, Route};
 use crate::state_owner::{Outcome, Published, StepRequest};
 use crate::watchdog;
 
@@ -70,6 +70,21 @@ fn deepen_listen_queue(listener: &TcpListener, backlog: u32) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Readiness from the state file's health, shutdown, and how long the commit in progress (if
+/// any) has run. A failed write is named first: it is why the process is going away.
+fn readiness_of(healthy: bool, stopping: bool, commit_in_flight: Option<Duration>) -> Readiness {
+    let stalled = Duration::from_millis(limits::COMMIT_STALLED_MS);
+    if !healthy {
+        Readiness::StorageFailed
+    } else if stopping {
+        Readiness::Stopping
+    } else if commit_in_flight >= Some(stalled) {
+        Readiness::DiskStalled
+    } else {
+        Readiness::Ready
     }
 }
 
@@ -180,8 +195,15 @@ impl Edge {
         self.published.index()
     }
 
-    fn ready(&self) -> bool {
-        self.published.healthy() && !self.is_stopping()
+    /// Whether to send this process traffic. A stalled disk turns it false as well as a failed
+    /// one: no step can be acknowledged until the commit in progress returns, and a load
+    /// balancer or orchestrator should know, not just a person reading `/metrics`.
+    fn readiness(&self) -> Readiness {
+        readiness_of(
+            self.published.healthy(),
+            self.is_stopping(),
+            self.metrics.commit_in_flight(),
+        )
     }
 
     /// Writes `reply`, then moves the request's connection on: the request it pipelined next,
@@ -876,11 +898,11 @@ fn work(edge: &Edge, jobs: Receiver<Job>) {
                     Route::Fib(n) => routes::number(n, format),
                     Route::FibList(len) => routes::list(len, format),
                     Route::Health => routes::health(format),
-                    Route::Ready => routes::ready(edge.ready(), format),
+                    Route::Ready => routes::ready(edge.readiness(), format),
                     Route::Index => routes::index(),
                     Route::Metrics => routes::metrics(edge.metrics.render(
                         edge.published.index(),
-                        edge.ready(),
+                        edge.readiness() == Readiness::Ready,
                         env!("CARGO_PKG_VERSION"),
                         edge.listening_sockets(),
                     )),
@@ -960,6 +982,30 @@ mod tests {
         dispatch(&edge, get("/fib/10", 40_004));
         assert_eq!(edge.metrics.requests_shed.load(Ordering::Relaxed), 0);
         assert!(counted(&edge, "/fib/{n}", 503));
+    }
+
+    #[test]
+    fn readiness_turns_false_for_a_failed_or_stalled_disk_and_during_shutdown() {
+        let stalled = Duration::from_millis(limits::COMMIT_STALLED_MS);
+        let just_under = stalled - Duration::from_millis(1);
+        for (healthy, stopping, in_flight, expected) in [
+            (true, false, None, Readiness::Ready),
+            // An ordinary commit, even a slow one, is no stall.
+            (true, false, Some(Duration::ZERO), Readiness::Ready),
+            (true, false, Some(just_under), Readiness::Ready),
+            (true, false, Some(stalled), Readiness::DiskStalled),
+            (true, false, Some(stalled * 60), Readiness::DiskStalled),
+            (true, true, None, Readiness::Stopping),
+            (true, true, Some(stalled), Readiness::Stopping),
+            (false, false, None, Readiness::StorageFailed),
+            (false, true, Some(stalled), Readiness::StorageFailed),
+        ] {
+            assert_eq!(
+                readiness_of(healthy, stopping, in_flight),
+                expected,
+                "healthy {healthy}, stopping {stopping}, commit in flight {in_flight:?}"
+            );
+        }
     }
 
     #[test]

@@ -146,9 +146,10 @@ pub const TEMP_NAME_ATTEMPTS_MAX: u32 = 8;
 /// After SIGTERM, the process exits by this time even if some client is slow to take its
 /// last reply; every acknowledged step is already durable, so nothing is lost by leaving.
 pub const SHUTDOWN_GRACE_MS: u64 = 1_500;
-/// A commit still running this long when the shutdown grace period ends means a stalled disk,
-/// and the stop exits 1: commits take well under 10 ms on a working disk (p99 0.5-1 ms in the
-/// benchmark), so only a disk in trouble is caught, not one caught mid-commit by chance.
+/// A commit that has run this long means a stalled disk: `/readyz` answers 503 until it
+/// returns, and a stop whose grace period ends with it still running exits 1. Commits take
+/// well under 10 ms on a working disk (p99 0.5-1 ms in the benchmark), so only a disk in
+/// trouble is caught, not one caught mid-commit by chance.
 pub const COMMIT_STALLED_MS: u64 = 1_000;
 
 /// Characters of a request target written to the access log; a long URL is cut, so a hostile

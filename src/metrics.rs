@@ -179,7 +179,8 @@ pub struct Metrics {
     /// Accept loops that failed and were restarted.
     pub accept_failures: AtomicU64,
     /// When the commit now in progress began, in milliseconds since `epoch` plus one; 0 while
-    /// no commit runs. A disk that stalls shows here, and nowhere else, until it answers.
+    /// no commit runs. A disk that stalls shows here first, and in readiness once the commit
+    /// has run `limits::COMMIT_STALLED_MS`.
     commit_began_ms: AtomicU64,
     epoch: Instant,
     start_time_seconds: f64,
@@ -513,7 +514,7 @@ mod tests {
             routes::overloaded(f),
             routes::shutting_down(f),
             routes::after_framing_lost(f),
-            routes::ready(false, f),
+            routes::ready(routes::Readiness::DiskStalled, f),
             routed("GET", "/fib/x"),
             routed("GET", "/nope"),
             routed("DELETE", "/next"),

@@ -808,22 +808,41 @@ pub fn health(format: Format) -> Reply {
     )
 }
 
-pub fn ready(is_ready: bool, format: Format) -> Reply {
-    if is_ready {
-        let body = match format {
-            Format::Json => "{\"status\":\"ready\"}\n",
-            _ => "ready\n",
-        };
-        Reply::ok(format, body)
-    } else {
-        Reply::error(
-            503,
-            "not_ready",
-            "not ready: the state file is not writable or fibd is shutting down",
-            format,
-        )
-        .uncacheable()
-    }
+/// Whether the process should be sent traffic, and if not, why not: `/readyz` and
+/// `fibd_ready` report it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readiness {
+    Ready,
+    /// A write or fdatasync of the state file failed: no step will be acknowledged again, and
+    /// the process is on its way out for its supervisor to restart it.
+    StorageFailed,
+    /// A commit has not returned for `limits::COMMIT_STALLED_MS`: steps wait behind it, and
+    /// none can be acknowledged until the disk answers. Ready again once it does.
+    DiskStalled,
+    /// SIGTERM or SIGINT arrived: in-flight replies are being finished.
+    Stopping,
+}
+
+pub fn ready(readiness: Readiness, format: Format) -> Reply {
+    let message = match readiness {
+        Readiness::Ready => {
+            let body = match format {
+                Format::Json => "{\"status\":\"ready\"}\n",
+                _ => "ready\n",
+            };
+            return Reply::ok(format, body);
+        }
+        Readiness::StorageFailed => "not ready: a write to the state file failed; fibd is \
+             exiting for its supervisor to restart it"
+            .to_string(),
+        Readiness::DiskStalled => format!(
+            "not ready: a write to the state file has not returned for {} ms or more (a stalled \
+             disk); steps wait for it",
+            limits::COMMIT_STALLED_MS
+        ),
+        Readiness::Stopping => "not ready: fibd is shutting down".to_string(),
+    };
+    Reply::error(503, "not_ready", &message, format).uncacheable()
 }
 
 /// The `/metrics` answer: `text` is the exposition, whatever the client's Accept header.
@@ -1190,13 +1209,41 @@ mod tests {
             let expected = format!("{{\"error\":\"{code}\",");
             assert!(reply.body.starts_with(&expected), "{}", reply.body);
         }
-        for reply in [unavailable(Format::Text), ready(false, Format::Text)] {
+        for reply in [
+            unavailable(Format::Text),
+            ready(Readiness::DiskStalled, Format::Text),
+        ] {
             assert_eq!(
                 (reply.status, reply.no_store),
                 (503, true),
                 "{}",
                 reply.body
             );
+        }
+    }
+
+    #[test]
+    fn readiness_says_why_it_is_not_ready() {
+        assert_eq!(ready(Readiness::Ready, Format::Text).body, "ready\n");
+        assert_eq!(
+            ready(Readiness::Ready, Format::Json).body,
+            "{\"status\":\"ready\"}\n"
+        );
+        for (readiness, reason) in [
+            (Readiness::StorageFailed, "a write to the state file failed"),
+            (Readiness::DiskStalled, "has not returned for 1000 ms"),
+            (Readiness::Stopping, "shutting down"),
+        ] {
+            for format in [Format::Text, Format::Json] {
+                let reply = ready(readiness, format);
+                assert_eq!((reply.status, reply.no_store), (503, true));
+                let code = match format {
+                    Format::Json => "{\"error\":\"not_ready\",",
+                    _ => "not ready: ",
+                };
+                assert!(reply.body.starts_with(code), "{}", reply.body);
+                assert!(reply.body.contains(reason), "{}", reply.body);
+            }
         }
     }
 

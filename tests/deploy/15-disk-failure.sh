@@ -3,8 +3,8 @@
 # real binary, and fibd must answer the step 503, write nothing more, exit 1 for its
 # supervisor, and start again from the file. Also a failure at start-up (the fdatasync of the
 # state it recovered), one while a SIGTERM drains the last steps, and a disk that stalls
-# (an fdatasync that does not return): it must show in /metrics, leave reads answering,
-# and make a stop exit 1. The unit tests inject the same faults below the file API; this
+# (an fdatasync that does not return): it must show in /metrics and /readyz, leave reads
+# answering, make a stop exit 1, and, once the disk answers, leave fibd ready again. The unit tests inject the same faults below the file API; this
 # is the whole process, signals and exit codes included.
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -134,6 +134,15 @@ stalled() {
     curl -s "$base/metrics" | awk '$1 == "fibd_commit_in_flight_seconds" && $2 >= 0.2 { ok = 1 } END { exit !ok }'
 }
 check "a stalled commit shows in fibd_commit_in_flight_seconds" wait_for 3 stalled || true
+# not_ready_stalled: /readyz answers 503 and names the stalled disk.
+not_ready_stalled() {
+    [ "$(curl -s -o "$WORK/ready" -w '%{http_code}' --max-time 2 "$base/readyz")" = 503 ] &&
+        grep -q 'stalled disk' "$WORK/ready"
+}
+check "/readyz turns 503, naming the stalled disk, once the commit has run 1 s" \
+    wait_for 3 not_ready_stalled || true
+check_eq "/healthz stays 200: the process is alive, a restart would not help" \
+    "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$base/healthz")" "200" || true
 check_eq "reads are answered while the disk stalls" "$(curl -s --max-time 2 "$base/current")" "$before" || true
 kill -TERM "$pid"
 check "the stall is logged as an error when the grace period ends" \
@@ -142,3 +151,21 @@ wait_exit
 check_eq "a stop with a commit stalled exits 1" "$rc" "1" || true
 wait_for 5 test -s "$WORK/code" || true
 check_eq "the step in the stalled commit is not acknowledged" "$(cat "$WORK/code")" "000" || true
+
+# 5. A stall that ends (the first fdatasync after attaching takes 2.5 s): /readyz is 503 while
+# it lasts and 200 again once the disk answers, and the step that waited for it is acknowledged.
+kill_wait "$pid"
+start_fibd || { fail "fibd starts" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"; exit 0; }
+before=$(curl -s -H 'Accept: application/json' "$base/current" | sed -n 's/.*"index":\([0-9]*\).*/\1/p')
+inject fdatasync:delay_enter=2500000:when=1 || { fail "strace attaches"; exit 0; }
+step_in_background
+check "/readyz turns 503 during a 2.5 s stall" wait_for 3 not_ready_stalled || true
+ready_again() {
+    [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$base/readyz")" = 200 ]
+}
+check "/readyz is 200 again once the disk answers" wait_for 5 ready_again || true
+wait_for 5 test -s "$WORK/code" || true
+check_eq "the step that waited out the stall is acknowledged" "$(cat "$WORK/code")" "200" || true
+after=$(curl -s -H 'Accept: application/json' "$base/current" | sed -n 's/.*"index":\([0-9]*\).*/\1/p')
+check_eq "and the cursor moved by one" "$after" "$((before + 1))" || true
+kill_wait "$pid"
