@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Deployment tests (issue 4): the static binary in an empty chroot, a failing disk
-# (strace injects EIO into the real binary's fdatasync), the scratch container under podman, the systemd unit under a real systemd (in a
+# (strace injects EIO into the real binary's fdatasync), a connection flood past a task
+# limit (prlimit --nproc), the scratch container under podman, the systemd unit under a real systemd (in a
 # container), the OpenRC service under a real supervise-daemon (in a PID and
 # mount namespace), install.sh under both, and scripts/smoke.sh itself.
 #

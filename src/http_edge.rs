@@ -16,6 +16,7 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -88,22 +89,71 @@ fn readiness_of(healthy: bool, stopping: bool, commit_in_flight: Option<Duration
     }
 }
 
-/// Set when tiny_http's accept thread panicked: 1 for any reason, 2 when descriptors ran out.
-/// tiny_http 0.12 unwraps `try_clone` of each accepted socket and panics when a connection
-/// thread cannot be spawned; both happen in its accept thread, which then ends without a word.
+/// Set when tiny_http's accept thread panicked: 1 for any reason, 2 when descriptors or
+/// threads ran out. tiny_http 0.12 unwraps `try_clone` of each accepted socket and panics when
+/// a connection thread cannot be spawned; both happen in its accept thread, which then ends
+/// without a word.
 static ACCEPT_THREAD_PANICKED: AtomicU8 = AtomicU8::new(0);
+
+thread_local! {
+    /// True while this thread starts a tiny_http server, which spawns its accept thread with
+    /// `thread::spawn` and so panics when no thread can be had (the task limit of a systemd
+    /// unit, RLIMIT_NPROC, memory). That panic is caught (`start_accept_loop`), so the panic
+    /// hook must let it unwind instead of aborting the process as for a broken invariant.
+    static STARTING_ACCEPT_LOOP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a panic on this thread happened while it started a tiny_http server, and will be
+/// caught and handled as a failure to start an accept loop.
+pub fn starting_accept_loop() -> bool {
+    STARTING_ACCEPT_LOOP.get()
+}
+
+/// Whether a panic or error message from tiny_http says that a resource every connection
+/// needs ran out: file descriptors (ENFILE, EMFILE) or a thread ("failed to spawn thread").
+/// No connection waiting in the backlog could then be served, so it is shed.
+fn out_of_resources(message: &str) -> bool {
+    message.contains("code: 24")
+        || message.contains("code: 23")
+        || message.contains("failed to spawn thread")
+}
 
 /// Called by the panic hook for a panic in one of tiny_http's threads (which are unnamed).
 /// Returns true if it was the accept thread, which the acceptor will then replace.
+///
+/// When the accept thread panics for want of a thread, it holds its pool's lock, and the
+/// pool's connection threads then panic on the poisoned lock as their connections end. Those
+/// follow a failure already handled, often a second or more later: counting them would retire
+/// the healthy accept loop started since.
 pub fn tiny_http_panicked(file: &str, message: &str) -> bool {
-    let accept_thread = file.ends_with("refined_tcp_stream.rs")
-        || file.ends_with("task_pool.rs")
-        || message.contains("failed to spawn thread");
-    if accept_thread {
-        let out_of_descriptors = message.contains("code: 24") || message.contains("code: 23");
-        ACCEPT_THREAD_PANICKED.store(if out_of_descriptors { 2 } else { 1 }, Ordering::Release);
+    match accept_thread_panic(file, message) {
+        Some(failure) => {
+            ACCEPT_THREAD_PANICKED.store(failure as u8, Ordering::Release);
+            true
+        }
+        None => false,
     }
-    accept_thread
+}
+
+/// How tiny_http's accept thread failed, as `ACCEPT_THREAD_PANICKED` records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AcceptPanic {
+    Other = 1,
+    OutOfResources = 2,
+}
+
+/// Whether a panic in one of tiny_http's threads, by its source file and message, was its
+/// accept thread's, and why.
+fn accept_thread_panic(file: &str, message: &str) -> Option<AcceptPanic> {
+    let accept_thread = (file.ends_with("refined_tcp_stream.rs")
+        || file.ends_with("task_pool.rs")
+        || message.contains("failed to spawn thread"))
+        && !message.contains("PoisonError");
+    match accept_thread {
+        false => None,
+        true if out_of_resources(message) => Some(AcceptPanic::OutOfResources),
+        true => Some(AcceptPanic::Other),
+    }
 }
 
 /// State shared by every thread of the edge.
@@ -621,14 +671,16 @@ fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<JoinHan
 fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
     let mut retry = Duration::from_millis(limits::ACCEPT_RETRY_FIRST_MS);
     while !edge.is_stopping() {
-        let server = match listener
-            .try_clone()
-            .map_err(|e| e.to_string())
-            .and_then(|l| Server::from_listener(l, None).map_err(|e| e.to_string()))
-        {
+        let server = match start_accept_loop(&listener) {
             Ok(server) => server,
             Err(err) => {
-                log::warn("accept_restart_failed", &[("error", &err)]);
+                log::warn("accept_restart_failed", &[("error", &err.message)]);
+                if err.out_of_resources {
+                    let shed = shed_backlog(&listener);
+                    edge.metrics
+                        .connections_shed
+                        .fetch_add(shed, Ordering::Relaxed);
+                }
                 thread::sleep(retry);
                 retry = (retry * 2).min(Duration::from_millis(limits::ACCEPT_RETRY_MAX_MS));
                 continue;
@@ -640,7 +692,7 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
         };
         log::warn("accept_failed", &[("error", &err.message)]);
         edge.metrics.accept_failures.fetch_add(1, Ordering::Relaxed);
-        if err.out_of_descriptors {
+        if err.out_of_resources {
             let shed = shed_backlog(&listener);
             edge.metrics
                 .connections_shed
@@ -674,11 +726,45 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
     }
 }
 
-/// Why an accept loop ended, other than for shutdown.
+/// Why an accept loop ended, other than for shutdown, or could not start.
 struct LoopFailed {
     message: String,
-    /// The backlog is then shed, since no connection in it could be served.
-    out_of_descriptors: bool,
+    /// Descriptors or threads ran out. The backlog is then shed, since no connection in it
+    /// could be served.
+    out_of_resources: bool,
+}
+
+/// Starts a tiny_http server (its accept loop) on a copy of `listener`. When no thread can
+/// be spawned for it, tiny_http panics on this thread; that is caught and returned as an
+/// error like any other, so running out of threads is survived as running out of
+/// descriptors is. Nothing is left half-made: the spawn is the last thing tiny_http does, and
+/// unwinding drops the socket copy and the queue it had made.
+fn start_accept_loop(listener: &TcpListener) -> Result<Server, LoopFailed> {
+    let copy = listener.try_clone().map_err(|err| LoopFailed {
+        message: format!("cannot copy the listening socket: {err}"),
+        out_of_resources: matches!(err.raw_os_error(), Some(23 | 24)),
+    })?;
+    STARTING_ACCEPT_LOOP.set(true);
+    let started = panic::catch_unwind(AssertUnwindSafe(|| Server::from_listener(copy, None)));
+    STARTING_ACCEPT_LOOP.set(false);
+    match started {
+        Ok(Ok(server)) => Ok(server),
+        Ok(Err(err)) => Err(LoopFailed {
+            message: err.to_string(),
+            out_of_resources: out_of_resources(&format!("{err:?}")),
+        }),
+        Err(payload) => {
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            Err(LoopFailed {
+                message: format!("tiny_http could not start: {message}"),
+                out_of_resources: out_of_resources(message),
+            })
+        }
+    }
 }
 
 /// Routes the requests of one accept loop until shutdown (`Ok`), until tiny_http reports that
@@ -696,19 +782,21 @@ fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> Result<(),
             return Ok(());
         }
         if idle_max.is_none() {
+            const OUT_OF_RESOURCES: u8 = AcceptPanic::OutOfResources as u8;
             match ACCEPT_THREAD_PANICKED.swap(0, Ordering::AcqRel) {
                 0 => {}
-                2 => {
+                OUT_OF_RESOURCES => {
                     return Err(LoopFailed {
-                        message: "tiny_http's accept thread panicked: file descriptors ran out"
+                        message: "tiny_http's accept thread panicked: file descriptors or \
+                                  threads ran out"
                             .to_string(),
-                        out_of_descriptors: true,
+                        out_of_resources: true,
                     });
                 }
                 _ => {
                     return Err(LoopFailed {
                         message: "tiny_http's accept thread panicked".to_string(),
-                        out_of_descriptors: false,
+                        out_of_resources: false,
                     });
                 }
             }
@@ -740,7 +828,7 @@ fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> Result<(),
                 return Err(LoopFailed {
                     message: err.to_string(),
                     // ENFILE or EMFILE: the system's or the process's descriptors ran out.
-                    out_of_descriptors: matches!(err.raw_os_error(), Some(23 | 24)),
+                    out_of_resources: matches!(err.raw_os_error(), Some(23 | 24)),
                 });
             }
             Err(_) => {}
@@ -748,7 +836,7 @@ fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> Result<(),
     }
 }
 
-/// Accepts and closes connections waiting in the backlog while file descriptors are exhausted,
+/// Accepts and closes connections waiting in the backlog while descriptors or threads are exhausted,
 /// so those clients get a prompt reset rather than a hang. No accept loop runs at this moment
 /// (the failed one has ended and the next is not yet started), so switching the shared socket
 /// to non-blocking mode briefly cannot disturb one.
@@ -1004,6 +1092,33 @@ mod tests {
                 readiness_of(healthy, stopping, in_flight),
                 expected,
                 "healthy {healthy}, stopping {stopping}, commit in flight {in_flight:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn accept_thread_panics_are_told_from_their_aftermath() {
+        const STD_SPAWN: &str = "/rustc/x/library/std/src/thread/functions.rs";
+        const POOL: &str = "/x/tiny_http-0.12.0/src/util/task_pool.rs";
+        const STREAM: &str = "/x/tiny_http-0.12.0/src/util/refined_tcp_stream.rs";
+        let spawn_failed = "failed to spawn thread: Os { code: 11, kind: WouldBlock, \
+                            message: \"Resource temporarily unavailable\" }";
+        let clone_failed = "called `Result::unwrap()` on an `Err` value: Os { code: 24, \
+                            kind: Uncategorized, message: \"No file descriptors available\" }";
+        let poisoned = "called `Result::unwrap()` on an `Err` value: PoisonError { .. }";
+        for (file, message, expected) in [
+            (STD_SPAWN, spawn_failed, Some(AcceptPanic::OutOfResources)),
+            (STREAM, clone_failed, Some(AcceptPanic::OutOfResources)),
+            (STREAM, "some other failure", Some(AcceptPanic::Other)),
+            // A connection thread of a pool whose accept thread died holding its lock.
+            (POOL, poisoned, None),
+            // A connection thread's own panic, in request parsing, say.
+            ("/x/tiny_http-0.12.0/src/request.rs", "oops", None),
+        ] {
+            assert_eq!(
+                accept_thread_panic(file, message),
+                expected,
+                "{file}: {message}"
             );
         }
     }

@@ -33,6 +33,11 @@ fn main() -> ExitCode {
         let file = info.location().map_or("", |l| l.file());
         let thread = std::thread::current();
         match thread.name() {
+            // tiny_http could not spawn its accept thread as the acceptor started it: threads
+            // ran out. The acceptor catches this and retries, as for any failed accept loop.
+            Some(name) if http_edge::starting_accept_loop() => {
+                log::warn("tiny_http_panic", &[("thread", &name), ("message", &info)]);
+            }
             // Every thread of ours has a name. A panic there is a broken invariant: end the
             // process, and the supervisor restarts it from the durable state.
             Some(name) => {
