@@ -100,7 +100,9 @@ pub const RETIRED_IDLE_TIMEOUTS: u32 = 2;
 /// timeout if that is shorter: the probe also keeps `accept` from ever sitting idle for a whole
 /// idle timeout, which SO_RCVTIMEO on the listening socket would turn into an error.
 pub const PROBE_INTERVAL_MS: u64 = 1_000;
-/// A probe that gets no HTTP answer within this long has failed.
+/// A probe that gets no HTTP answer within this long, connect included, has failed. With
+/// `PROBE_INTERVAL_MS` it keeps the watchdog's rounds at most 6 s apart, inside the systemd
+/// unit's `WatchdogSec=10s`, which each round feeds.
 pub const PROBE_TIMEOUT_MS: u64 = 5_000;
 /// The process declares itself deaf and exits non-zero, for its supervisor to restart it, when
 /// over a window of this many idle timeouts plus one probe timeout (stretched to hold at least

@@ -216,8 +216,9 @@ fn serve(config: Config) -> ExitCode {
     let _watchdog = thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || {
-            // systemd's watchdog is fed only by a successful probe through our own socket,
-            // so systemd restarts a hung server, not just a dead one.
+            // systemd's watchdog is fed after every probe of our own socket that does not
+            // find the server deaf; a deaf server exits 1 by itself, and a process too stuck
+            // to probe stops feeding it, so systemd restarts a hung server, not just a dead one.
             watchdog::run(
                 watchdog::probe_address(local_addr),
                 watchdog::interval(idle_timeout),

@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest status line we read; anything longer is not an HTTP answer.
 const STATUS_LINE_BYTES_MAX: usize = 256;
@@ -64,11 +64,19 @@ impl Target {
     }
 }
 
-/// Sends `GET path` and returns the status code of the answer, all within `timeout` per step.
+/// Sends `GET path` and returns the status code of the answer, all within `timeout`: one
+/// deadline for the connect, the request and the status line together, so that a caller who
+/// probes on a schedule (the watchdog, a health check) knows how long a probe can take.
 pub fn get_status(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
+    let deadline = Instant::now() + timeout;
+    let remaining = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "no answer within the timeout"))
+    };
+    let mut stream = TcpStream::connect_timeout(&addr, remaining()?)?;
+    stream.set_write_timeout(Some(remaining()?))?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes())?;
     // Read in chunks until the status line is complete: the watchdog probes every second, and
@@ -83,6 +91,7 @@ pub fn get_status(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result
         if filled == head.len() {
             break filled;
         }
+        stream.set_read_timeout(Some(remaining()?))?;
         match stream.read(&mut head[filled..])? {
             0 => break filled,
             read => filled += read,
@@ -119,7 +128,10 @@ mod tests {
             }
             let mut stream = reader.into_inner();
             for chunk in chunks {
-                stream.write_all(chunk).unwrap();
+                // The probe may have given up and closed the connection.
+                if stream.write_all(chunk).is_err() {
+                    return;
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
@@ -141,6 +153,30 @@ mod tests {
         // A line longer than any status line is cut at the bound and judged on its start.
         let addr = answer_in_pieces(&[&[b'x'; 2 * STATUS_LINE_BYTES_MAX]]);
         assert!(get_status(addr, "/", timeout).is_err());
+    }
+
+    #[test]
+    fn the_timeout_bounds_the_whole_probe_not_each_read() {
+        // A status line trickled a byte every 20 ms takes about 340 ms in all; every read
+        // gets its byte long before 150 ms, but the probe as a whole must give up at 150 ms.
+        const LINE: &[&[u8]] = &[
+            b"H", b"T", b"T", b"P", b"/", b"1", b".", b"1", b" ", b"2", b"0", b"0", b" ", b"O",
+            b"K", b"\r", b"\n",
+        ];
+        let addr = answer_in_pieces(LINE);
+        let started = std::time::Instant::now();
+        let err = get_status(addr, "/", Duration::from_millis(150)).unwrap_err();
+        // A read that times out is EAGAIN on Linux; a deadline already past is TimedOut.
+        let timed_out = [io::ErrorKind::WouldBlock, io::ErrorKind::TimedOut];
+        assert!(timed_out.contains(&err.kind()), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            started.elapsed()
+        );
+        // Given the time, the same answer is read.
+        let addr = answer_in_pieces(LINE);
+        assert_eq!(get_status(addr, "/", Duration::from_secs(5)).unwrap(), 200);
     }
 
     #[test]

@@ -98,22 +98,27 @@ impl ProbeHistory {
 
 /// Probes every `interval` until `stopping` returns true. When the probe history says the
 /// server is deaf, calls `on_deaf` once and returns.
+///
+/// `not_deaf` is called after every probe that does not make the server deaf, a failed one
+/// included: it feeds systemd's watchdog. Feeding it only after a successful probe would let
+/// systemd, after its own 10 s, kill a server that has run out of descriptors and would serve
+/// again as soon as idle connections time out; whether failed probes mean deaf is this
+/// history's judgement, with its tolerance for that. systemd's watchdog still catches a
+/// process too stuck for this loop to go round, which takes at most one probe timeout plus
+/// one interval.
 pub fn run(
     addr: SocketAddr,
     interval: Duration,
     deaf_after: Duration,
     stopping: impl Fn() -> bool,
-    mut on_alive: impl FnMut(),
+    mut not_deaf: impl FnMut(),
     on_deaf: impl FnOnce(String),
 ) {
     let timeout = Duration::from_millis(limits::PROBE_TIMEOUT_MS);
     let mut history = ProbeHistory::new(deaf_after, Instant::now());
     while !stopping() {
         let ok = match probe(addr, timeout) {
-            Ok(()) => {
-                on_alive();
-                true
-            }
+            Ok(()) => true,
             Err(err) => {
                 log::warn("probe_failed", &[("address", &addr), ("error", &err)]);
                 false
@@ -123,6 +128,7 @@ pub fn run(
             on_deaf(format!("{reason} ({addr})"));
             return;
         }
+        not_deaf();
         thread::sleep(interval);
     }
 }
@@ -189,6 +195,32 @@ mod tests {
         let starved: Vec<bool> = (0..100).map(|i| i % 10 == 0).collect();
         let at = first_deaf(Duration::from_secs(9), Duration::from_millis(500), &starved);
         assert!(at.is_some_and(|i| i < 25), "{at:?}");
+    }
+
+    #[test]
+    fn failed_probes_feed_the_supervisors_watchdog_until_the_verdict_is_deaf() {
+        // A port nothing listens on: every probe fails at once.
+        let refused = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port");
+        let mut fed = 0u32;
+        let mut verdict = None;
+        run(
+            refused,
+            Duration::from_millis(5),
+            Duration::from_millis(60),
+            || false,
+            || fed += 1,
+            |reason| verdict = Some(reason),
+        );
+        let reason = verdict.expect("deaf at last");
+        assert!(reason.contains("self-probes failed"), "{reason}");
+        // Fed after each failed probe before the verdict (the verdict needs at least five
+        // failures), and not after it: then the process is exiting by itself.
+        assert!(
+            fed >= limits::PROBE_FAILURES_DEAF_MIN - 1,
+            "fed {fed} times"
+        );
     }
 
     #[test]

@@ -5,7 +5,8 @@
 # from a debootstrap'd Debian): verify and security pass, it runs as the fibd
 # user with its limits and state directory, systemd restarts it after kill -9
 # with the state intact, repeated crashes never leave it dead, a state file
-# restored as root is given back to fibd, and stop is clean.
+# restored as root is given back to fibd, running out of descriptors for longer than the
+# watchdog's 10 s is not mistaken for a hang, and stop is clean.
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -137,6 +138,31 @@ else
 fi
 check_eq "the restored state file is fibd's again" "$(ex stat -c '%U' /var/lib/fibd/fibd.state)" fibd || true
 check_eq "the restored state is served (index 5)" "$(http "$base/current" || true)" "$(fib 5)" || true
+
+# Out of descriptors for longer than WatchdogSec (10 s), shorter than fibd's own judgement of
+# deafness (most probes failing over two idle timeouts): systemd must not kill it, since it
+# serves again once the connections that hold the descriptors end. 64 descriptors are about
+# 27 connections; 40 are opened and held for 13 s, under the 15 s idle timeout.
+ex mkdir -p /etc/systemd/system/fibd.service.d
+ex sh -c 'printf "[Service]\nLimitNOFILE=64\n" >/etc/systemd/system/fibd.service.d/fds.conf'
+ex systemctl daemon-reload
+ex systemctl restart fibd.service
+wait_ready "$base" 20 || true
+pid=$(mainpid)
+before=$(nrestarts)
+held=()
+for _ in $(seq 40); do
+    exec {fd}<>"/dev/tcp/127.0.0.1/$port" || break
+    held+=("$fd")
+done
+sleep 13
+check "its self-probes failed meanwhile (descriptors ran out)" sh -c \
+    "podman --runtime runc --cgroup-manager cgroupfs exec $name journalctl -u fibd.service --no-pager _PID=$pid | grep -q 'event=probe_failed'" || true
+for fd in "${held[@]}"; do exec {fd}>&-; done
+check_eq "systemd's watchdog did not kill it, out of descriptors for 13 s" "$(nrestarts)/$(mainpid)" "$before/$pid" || true
+check "it serves again once those connections end" wait_ready "$base" 20 || true
+ex rm -r /etc/systemd/system/fibd.service.d
+ex systemctl daemon-reload
 
 ex systemctl stop fibd.service
 check_eq "stops cleanly (Result, exit status)" \
