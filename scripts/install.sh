@@ -361,6 +361,12 @@ else
         die "no fibd binary next to this script or in ./; use --binary PATH"
 fi
 [ -f "$src_bin" ] || die "$src_bin does not exist"
+# A bare name (--binary fibd-new) would be looked up in PATH when run for its version check,
+# finding another binary or none: make the path absolute.
+case $src_bin in
+    /*) ;;
+    *) src_bin=$(pwd)/$src_bin ;;
+esac
 init_dir=$(find_first -d "$here/init" ./init "$here/../init") ||
     die "no init/ directory next to this script or in ./ (copy it with scp -r)"
 

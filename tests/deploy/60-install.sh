@@ -163,11 +163,12 @@ openrc_host() {
         test ! -e "$root/usr/local/bin/fibd.prev" || true
 
     # An upgrade to another build keeps the replaced binary for a rollback, and
-    # installing fibd.prev rolls back (swapping the two).
+    # installing fibd.prev rolls back (swapping the two). The new build is named bare, as
+    # it was copied: --binary must not look it up in PATH.
     cp "$upload/fibd" "$root/root/upload/fibd-next"
     printf 'another build\n' >>"$root/root/upload/fibd-next"
     rc=0
-    out=$(run_install --binary ./fibd-next 2>&1) || rc=$?
+    out=$(run_install --binary fibd-next 2>&1) || rc=$?
     if [ "$rc" = 0 ] && cmp -s "$root/root/upload/fibd-next" "$root/usr/local/bin/fibd" &&
         cmp -s "$upload/fibd" "$root/usr/local/bin/fibd.prev"; then
         pass "OpenRC: an upgrade keeps the replaced binary as /usr/local/bin/fibd.prev"
