@@ -705,16 +705,25 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
             ));
             return;
         }
-        let edge_for_retired = Arc::clone(edge);
+        let server = Arc::new(server);
+        let (edge_for_retired, server_for_retired) = (Arc::clone(edge), Arc::clone(&server));
         let retired = move || {
             let idle = edge_for_retired.idle_timeout * limits::RETIRED_IDLE_TIMEOUTS;
-            let _ = serve(&edge_for_retired, &server, Some(idle));
+            let _ = serve(&edge_for_retired, &server_for_retired, Some(idle));
             edge_for_retired
                 .retired_loops
                 .fetch_sub(1, Ordering::AcqRel);
         };
         if let Err(err) = spawn("acceptor-retired", retired) {
+            // Threads have run out. What the loop has queued is routed now; its connections'
+            // later requests go unanswered until they time out, as no thread is left to read
+            // them. The loop no longer counts as draining, or enough of these would read as
+            // a server that can never recover.
             log::warn("retired_accept_loop_failed", &[("error", &err)]);
+            while let Ok(Some(request)) = server.try_recv() {
+                dispatch(edge, request);
+            }
+            edge.retired_loops.fetch_sub(1, Ordering::AcqRel);
         }
         // A loop that failed quickly will likely fail again at once: back off.
         if started.elapsed() < Duration::from_millis(limits::ACCEPT_RETRY_MAX_MS) {

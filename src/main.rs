@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{RecvTimeoutError, bounded};
 
 use fibd::config::{self, Command, Config};
 use fibd::http_edge::{self, Edge};
@@ -213,7 +213,7 @@ fn serve(config: Config) -> ExitCode {
     let watched = Arc::clone(&edge);
     let notifier = Arc::new(Notifier::from_env());
     let alive = Arc::clone(&notifier);
-    let _watchdog = thread::Builder::new()
+    let watchdog = thread::Builder::new()
         .name("watchdog".into())
         .spawn(move || {
             // systemd's watchdog is fed after every probe of our own socket that does not
@@ -230,9 +230,16 @@ fn serve(config: Config) -> ExitCode {
         });
 
     let nudged = Arc::clone(&edge);
-    let _nudger = thread::Builder::new()
+    let nudger = thread::Builder::new()
         .name("nudger".into())
         .spawn(move || nudger::run(watchdog::probe_address(local_addr), || nudged.is_stopping()));
+    // Without the watchdog nothing would notice a deaf server, or keep `accept` from idling
+    // into its receive timeout; without the nudger, bursts of connections could wait for
+    // minutes. A box that cannot spare two threads at start-up is better restarted.
+    if let Err(err) = watchdog.and(nudger) {
+        log::error("start_failed", &[("error", &err)]);
+        return ExitCode::FAILURE;
+    }
 
     log::info(
         "start",
@@ -271,15 +278,26 @@ fn serve(config: Config) -> ExitCode {
     // Every acknowledged step is already durable, so waiting is only for in-flight replies
     // and the commit that will answer some of them; the grace period bounds it.
     let (done_tx, done_rx) = bounded::<()>(1);
-    let _joiner = thread::Builder::new().name("joiner".into()).spawn(move || {
+    let grace = Duration::from_millis(limits::SHUTDOWN_GRACE_MS);
+    let joiner = thread::Builder::new().name("joiner".into()).spawn(move || {
         for handle in threads {
             let _ = handle.join();
         }
         let _ = owner.join();
         let _ = done_tx.send(());
     });
+    let done = match joiner {
+        Ok(_) => done_rx.recv_timeout(grace),
+        // No thread to wait with (threads have run out): give in-flight replies the whole
+        // grace period, then go on as if it had run out.
+        Err(err) => {
+            log::warn("joiner_failed", &[("error", &err)]);
+            thread::sleep(grace);
+            Err(RecvTimeoutError::Timeout)
+        }
+    };
     let mut stalled = false;
-    match done_rx.recv_timeout(Duration::from_millis(limits::SHUTDOWN_GRACE_MS)) {
+    match done {
         Ok(()) => log::info("stopped", &[("index", &edge.durable_index())]),
         Err(_) => match edge.metrics.commit_in_flight() {
             // The steps of a commit that has not returned were never acknowledged, so exiting

@@ -308,7 +308,7 @@ impl Metrics {
             &mut out,
             "fibd_ready",
             "gauge",
-            "1 while the state is loaded, the last write succeeded and fibd is not shutting down.",
+            "1 while the state is loaded, the last write succeeded, no write has run for a second (a stalled disk) and fibd is not shutting down.",
         );
         let _ = writeln!(out, "fibd_ready {}", u8::from(ready));
         family(

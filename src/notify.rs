@@ -1,5 +1,6 @@
 //! systemd's notification protocol (sd_notify) with std only: `READY=1` once serving,
-//! `WATCHDOG=1` after every successful self-probe, `STOPPING=1` on shutdown. Without
+//! `WATCHDOG=1` after every self-probe that does not find the server deaf, `STOPPING=1` on
+//! shutdown. Without
 //! `$NOTIFY_SOCKET` (not under systemd, or not `Type=notify`) every call does nothing.
 
 use std::os::unix::net::UnixDatagram;

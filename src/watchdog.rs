@@ -205,18 +205,20 @@ mod tests {
             .expect("a free port");
         let mut fed = 0u32;
         let mut verdict = None;
+        // Should another test take the port and answer on it, give up rather than hang.
+        let deadline = Instant::now() + Duration::from_secs(10);
         run(
             refused,
             Duration::from_millis(5),
             Duration::from_millis(60),
-            || false,
+            || Instant::now() >= deadline,
             || fed += 1,
             |reason| verdict = Some(reason),
         );
         let reason = verdict.expect("deaf at last");
         assert!(reason.contains("self-probes failed"), "{reason}");
-        // Fed after each failed probe before the verdict (the verdict needs at least five
-        // failures), and not after it: then the process is exiting by itself.
+        // Fed after each failed probe before the verdict, which needs at least five failures.
+        // (None after it: `run` returns, and the process exits by itself.)
         assert!(
             fed >= limits::PROBE_FAILURES_DEAF_MIN - 1,
             "fed {fed} times"
