@@ -298,7 +298,14 @@ impl Edge {
                 (None, routed) => (routed, true),
             }
         };
+        let liveness = matches!(refused, Routed::Work(Job::Answer(_, Route::Health, _, _)));
         let (request, format, mut meta) = refused.into_parts();
+        if liveness && !shutting_down {
+            // The process is alive, only busy: a liveness probe (a container's health check,
+            // Kubernetes') that read a full queue as death would restart it under load, and
+            // the restart would shed more. The answer costs what the 503 would have.
+            return Some((request, routes::health(format), meta));
+        }
         if shutting_down {
             // The process exits once the last replies are written: the client is told so.
             meta.persists = false;
@@ -1070,6 +1077,18 @@ mod tests {
         // request on it is routed (and shed again), not parked behind a reply that never comes.
         dispatch(&edge, get("/current", 40_000));
         assert_eq!(edge.metrics.requests_shed.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn liveness_is_answered_even_when_the_work_queue_is_full() {
+        let (edge, work_rx, _steps_rx) = edge_with_full_queues();
+        dispatch(&edge, get("/healthz", 40_000));
+        assert!(counted(&edge, "/healthz", 200), "alive, if busy");
+        assert_eq!(edge.metrics.requests_shed.load(Ordering::Relaxed), 0);
+        assert!(work_rx.is_empty());
+        // Readiness is not liveness: a server that sheds load is not ready for more.
+        dispatch(&edge, get("/readyz", 40_002));
+        assert!(counted(&edge, "/readyz", 503));
     }
 
     #[test]
