@@ -683,10 +683,7 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
             Err(err) => {
                 log::warn("accept_restart_failed", &[("error", &err.message)]);
                 if err.out_of_resources {
-                    let shed = shed_backlog(&listener);
-                    edge.metrics
-                        .connections_shed
-                        .fetch_add(shed, Ordering::Relaxed);
+                    shed_backlog(edge, &listener);
                 }
                 thread::sleep(retry);
                 retry = (retry * 2).min(Duration::from_millis(limits::ACCEPT_RETRY_MAX_MS));
@@ -700,10 +697,7 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
         log::warn("accept_failed", &[("error", &err.message)]);
         edge.metrics.accept_failures.fetch_add(1, Ordering::Relaxed);
         if err.out_of_resources {
-            let shed = shed_backlog(&listener);
-            edge.metrics
-                .connections_shed
-                .fetch_add(shed, Ordering::Relaxed);
+            shed_backlog(edge, &listener);
         }
         if edge.retired_loops.fetch_add(1, Ordering::AcqRel) >= limits::RETIRED_ACCEPT_LOOPS_MAX {
             on_deaf(format!(
@@ -758,7 +752,7 @@ struct LoopFailed {
 fn start_accept_loop(listener: &TcpListener) -> Result<Server, LoopFailed> {
     let copy = listener.try_clone().map_err(|err| LoopFailed {
         message: format!("cannot copy the listening socket: {err}"),
-        out_of_resources: matches!(err.raw_os_error(), Some(23 | 24)),
+        out_of_resources: out_of_descriptors(&err),
     })?;
     STARTING_ACCEPT_LOOP.set(true);
     let started = panic::catch_unwind(AssertUnwindSafe(|| Server::from_listener(copy, None)));
@@ -844,7 +838,7 @@ fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> Result<(),
                 return Err(LoopFailed {
                     message: err.to_string(),
                     // ENFILE or EMFILE: the system's or the process's descriptors ran out.
-                    out_of_resources: matches!(err.raw_os_error(), Some(23 | 24)),
+                    out_of_resources: out_of_descriptors(&err),
                 });
             }
             Err(_) => {}
@@ -852,13 +846,13 @@ fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> Result<(),
     }
 }
 
-/// Accepts and closes connections waiting in the backlog while descriptors or threads are exhausted,
-/// so those clients get a prompt reset rather than a hang. No accept loop runs at this moment
-/// (the failed one has ended and the next is not yet started), so switching the shared socket
-/// to non-blocking mode briefly cannot disturb one.
-fn shed_backlog(listener: &TcpListener) -> u64 {
+/// Accepts and closes connections waiting in the backlog while descriptors or threads are
+/// exhausted, so those clients get a prompt reset rather than a hang, and counts them. No
+/// accept loop runs at this moment (the failed one has ended and the next is not yet
+/// started), so switching the shared socket to non-blocking mode briefly cannot disturb one.
+fn shed_backlog(edge: &Edge, listener: &TcpListener) {
     if listener.set_nonblocking(true).is_err() {
-        return 0;
+        return;
     }
     let mut shed = 0u64;
     while shed < limits::SHED_CONNECTIONS_MAX {
@@ -873,8 +867,15 @@ fn shed_backlog(listener: &TcpListener) -> u64 {
     let _ = listener.set_nonblocking(false);
     if shed > 0 {
         log::warn("connections_shed", &[("count", &shed)]);
+        edge.metrics
+            .connections_shed
+            .fetch_add(shed, Ordering::Relaxed);
     }
-    shed
+}
+
+/// ENFILE or EMFILE: the system's or the process's descriptors ran out.
+fn out_of_descriptors(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(23 | 24))
 }
 
 /// Routes one request: steps go to the state owner, everything else to the workers, unless

@@ -819,7 +819,7 @@ pub enum Readiness {
     /// A commit has not returned for `limits::COMMIT_STALLED_MS`: steps wait behind it, and
     /// none can be acknowledged until the disk answers. Ready again once it does.
     DiskStalled,
-    /// SIGTERM or SIGINT arrived: in-flight replies are being finished.
+    /// SIGTERM, SIGINT or SIGHUP arrived: in-flight replies are being finished.
     Stopping,
 }
 
