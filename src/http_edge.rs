@@ -74,15 +74,26 @@ fn deepen_listen_queue(listener: &TcpListener, backlog: u32) -> io::Result<()> {
     }
 }
 
+/// Why `Edge::forward` did not send a request on.
+enum Refusal {
+    QueueFull,
+    DiskStalled,
+    ShuttingDown,
+}
+
+/// Whether the commit in progress, if any, has run long enough to mean a stalled disk.
+fn disk_stalled(commit_in_flight: Option<Duration>) -> bool {
+    commit_in_flight >= Some(Duration::from_millis(limits::COMMIT_STALLED_MS))
+}
+
 /// Readiness from the state file's health, shutdown, and how long the commit in progress (if
 /// any) has run. A failed write is named first: it is why the process is going away.
 fn readiness_of(healthy: bool, stopping: bool, commit_in_flight: Option<Duration>) -> Readiness {
-    let stalled = Duration::from_millis(limits::COMMIT_STALLED_MS);
     if !healthy {
         Readiness::StorageFailed
     } else if stopping {
         Readiness::Stopping
-    } else if commit_in_flight >= Some(stalled) {
+    } else if disk_stalled(commit_in_flight) {
         Readiness::DiskStalled
     } else {
         Readiness::Ready
@@ -276,43 +287,53 @@ impl Edge {
         }
     }
 
-    /// Sends a request on to its queue. When the queue is full, or closed by shutdown, returns
-    /// the 503 the caller is to write instead.
+    /// Sends a request on to its queue. When the queue is full, or closed by shutdown, or the
+    /// request is a step while the disk is stalled, returns the 503 the caller is to write
+    /// instead.
     fn forward(&self, routed: Routed) -> Option<(Request, Reply, Meta)> {
-        let (refused, shutting_down) = {
+        let (refused, why) = {
             let queues = self.queues.lock().expect("queues lock");
             match (queues.as_ref(), routed) {
                 (Some(queues), Routed::Work(job)) => match queues.work.try_send(job) {
                     Ok(()) => return None,
                     Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                        (Routed::Work(job), false)
+                        (Routed::Work(job), Refusal::QueueFull)
                     }
                 },
+                // A step queued behind a commit that does not return would wait as long as
+                // the disk does, its outcome unknown to a client that gives up first; refused
+                // now, it is plainly not made, and the client can retry when the disk is back.
+                (Some(_), Routed::Step(step)) if disk_stalled(self.metrics.commit_in_flight()) => {
+                    (Routed::Step(step), Refusal::DiskStalled)
+                }
                 (Some(queues), Routed::Step(step)) => match queues.steps.try_send(step) {
                     Ok(()) => return None,
                     Err(TrySendError::Full(step) | TrySendError::Disconnected(step)) => {
-                        (Routed::Step(step), false)
+                        (Routed::Step(step), Refusal::QueueFull)
                     }
                 },
                 // A request pipelined behind one that was answered during shutdown.
-                (None, routed) => (routed, true),
+                (None, routed) => (routed, Refusal::ShuttingDown),
             }
         };
         let liveness = matches!(refused, Routed::Work(Job::Answer(_, Route::Health, _, _)));
         let (request, format, mut meta) = refused.into_parts();
-        if liveness && !shutting_down {
+        match why {
             // The process is alive, only busy: a liveness probe (a container's health check,
             // Kubernetes') that read a full queue as death would restart it under load, and
             // the restart would shed more. The answer costs what the 503 would have.
-            return Some((request, routes::health(format), meta));
+            Refusal::QueueFull if liveness => Some((request, routes::health(format), meta)),
+            Refusal::QueueFull => {
+                self.metrics.requests_shed.fetch_add(1, Ordering::Relaxed);
+                Some((request, routes::overloaded(format), meta))
+            }
+            Refusal::DiskStalled => Some((request, routes::disk_stalled(format), meta)),
+            Refusal::ShuttingDown => {
+                // The process exits once the last replies are written: the client is told so.
+                meta.persists = false;
+                Some((request, routes::shutting_down(format), meta))
+            }
         }
-        if shutting_down {
-            // The process exits once the last replies are written: the client is told so.
-            meta.persists = false;
-            return Some((request, routes::shutting_down(format), meta));
-        }
-        self.metrics.requests_shed.fetch_add(1, Ordering::Relaxed);
-        Some((request, routes::overloaded(format), meta))
     }
 
     /// Drops requests of an abandoned connection without a reply. tiny_http would write a 500

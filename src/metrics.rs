@@ -513,6 +513,7 @@ mod tests {
             routes::unavailable(f),
             routes::overloaded(f),
             routes::shutting_down(f),
+            routes::disk_stalled(f),
             routes::after_framing_lost(f),
             routes::ready(routes::Readiness::DiskStalled, f),
             routed("GET", "/fib/x"),

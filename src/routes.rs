@@ -746,6 +746,19 @@ pub fn overloaded(format: Format) -> Reply {
     reply.uncacheable()
 }
 
+/// The 503 answer for a step that arrives while the commit before it has not returned for
+/// `limits::COMMIT_STALLED_MS` (a stalled disk): it is not made, so a retry is safe.
+pub fn disk_stalled(format: Format) -> Reply {
+    let message = format!(
+        "a write to the state file has not returned for {} ms or more (a stalled disk), so \
+         the step was not made; retry once /readyz answers 200",
+        limits::COMMIT_STALLED_MS
+    );
+    let mut reply = Reply::error(503, "disk_stalled", &message, format);
+    reply.retry_after = Some(1);
+    reply.uncacheable()
+}
+
 /// The 503 answer for a request that reached fibd as it shut down; `no-store` as `overloaded`.
 pub fn shutting_down(format: Format) -> Reply {
     let mut reply = Reply::error(
@@ -816,8 +829,8 @@ pub enum Readiness {
     /// A write or fdatasync of the state file failed: no step will be acknowledged again, and
     /// the process is on its way out for its supervisor to restart it.
     StorageFailed,
-    /// A commit has not returned for `limits::COMMIT_STALLED_MS`: steps wait behind it, and
-    /// none can be acknowledged until the disk answers. Ready again once it does.
+    /// A commit has not returned for `limits::COMMIT_STALLED_MS`: no step can be acknowledged
+    /// until the disk answers, and new ones are refused. Ready again once it does.
     DiskStalled,
     /// SIGTERM, SIGINT or SIGHUP arrived: in-flight replies are being finished.
     Stopping,
@@ -837,7 +850,7 @@ pub fn ready(readiness: Readiness, format: Format) -> Reply {
             .to_string(),
         Readiness::DiskStalled => format!(
             "not ready: a write to the state file has not returned for {} ms or more (a stalled \
-             disk); steps wait for it",
+             disk); steps are refused until it does",
             limits::COMMIT_STALLED_MS
         ),
         Readiness::Stopping => "not ready: fibd is shutting down".to_string(),
@@ -1198,6 +1211,7 @@ mod tests {
         for (reply, code, status, retry_after) in [
             (overloaded(Format::Json), "overloaded", 503, Some(1)),
             (shutting_down(Format::Json), "shutting_down", 503, Some(1)),
+            (disk_stalled(Format::Json), "disk_stalled", 503, Some(1)),
             (after_framing_lost(Format::Json), "framing_lost", 421, None),
         ] {
             assert_eq!((reply.status, reply.retry_after), (status, retry_after));

@@ -144,6 +144,11 @@ check "/readyz turns 503, naming the stalled disk, once the commit has run 1 s" 
 check_eq "/healthz stays 200: the process is alive, a restart would not help" \
     "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$base/healthz")" "200" || true
 check_eq "reads are answered while the disk stalls" "$(curl -s --max-time 2 "$base/current")" "$before" || true
+# A step sent now would wait behind the stalled commit for as long as the disk does.
+code=$(curl -s -D "$WORK/headers" -o "$WORK/body" -w '%{http_code}' --max-time 2 -H 'Accept: application/json' -X POST "$base/next" || true)
+check_eq "a step sent during the stall is refused at once, 503" "$code" "503" || true
+check "as disk_stalled, with Retry-After" sh -c \
+    "grep -q '\"error\":\"disk_stalled\"' '$WORK/body' && grep -qi '^retry-after: 1' '$WORK/headers'" || true
 kill -TERM "$pid"
 check "the stall is logged as an error when the grace period ends" \
     wait_for 3 grep -q 'level=error event=stopped .*the disk is stalled' "$WORK/stderr" || true
