@@ -291,6 +291,9 @@ impl Edge {
     /// request is a step while the disk is stalled, returns the 503 the caller is to write
     /// instead.
     fn forward(&self, routed: Routed) -> Option<(Request, Reply, Meta)> {
+        // Read before the lock is taken: the clock read need not hold up other threads.
+        let stalled =
+            matches!(routed, Routed::Step(_)) && disk_stalled(self.metrics.commit_in_flight());
         let (refused, why) = {
             let queues = self.queues.lock().expect("queues lock");
             match (queues.as_ref(), routed) {
@@ -303,7 +306,7 @@ impl Edge {
                 // A step queued behind a commit that does not return would wait as long as
                 // the disk does, its outcome unknown to a client that gives up first; refused
                 // now, it is plainly not made, and the client can retry when the disk is back.
-                (Some(_), Routed::Step(step)) if disk_stalled(self.metrics.commit_in_flight()) => {
+                (Some(_), Routed::Step(step)) if stalled => {
                     (Routed::Step(step), Refusal::DiskStalled)
                 }
                 (Some(queues), Routed::Step(step)) => match queues.steps.try_send(step) {

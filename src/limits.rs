@@ -150,9 +150,8 @@ pub const TEMP_NAME_ATTEMPTS_MAX: u32 = 8;
 pub const SHUTDOWN_GRACE_MS: u64 = 1_500;
 /// A commit that has run this long means a stalled disk: `/readyz` answers 503 and new steps
 /// are refused 503 until it returns, and a stop whose grace period ends with it still running
-/// exits 1. Commits take
-/// well under 10 ms on a working disk (p99 0.5-1 ms in the benchmark), so only a disk in
-/// trouble is caught, not one caught mid-commit by chance.
+/// exits 1. Commits take well under 10 ms on a working disk (p99 0.5-1 ms in the benchmark),
+/// so only a disk in trouble is caught, not one caught mid-commit by chance.
 pub const COMMIT_STALLED_MS: u64 = 1_000;
 
 /// Characters of a request target written to the access log; a long URL is cut, so a hostile
