@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod notify;
 pub mod nudger;
 pub mod probe;
+pub mod process;
 pub mod routes;
 #[cfg(test)]
 mod sim_disk;

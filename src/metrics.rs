@@ -1,6 +1,6 @@
 //! Counters and histograms for `/metrics`, in the Prometheus text exposition format.
 //! Recording is a few relaxed atomic additions on the request path, with no lock; the
-//! process figures (memory, descriptors, sockets) are read from /proc only when scraped.
+//! process figures (memory, descriptors, sockets, threads) are read only when scraped.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -385,7 +385,7 @@ impl Metrics {
             family(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
-        let process = ProcessFigures::read();
+        let process = crate::process::Figures::read();
         family(
             &mut out,
             "fibd_open_connections",
@@ -442,50 +442,23 @@ impl Metrics {
             );
             let _ = writeln!(out, "process_max_fds {max}");
         }
+        family(
+            &mut out,
+            "fibd_threads",
+            "gauge",
+            "Threads of the process; tiny_http starts one per open connection.",
+        );
+        let _ = writeln!(out, "fibd_threads {}", process.threads);
+        if let Some(max) = process.max_threads {
+            family(
+                &mut out,
+                "fibd_threads_max",
+                "gauge",
+                "The tightest limit on the process's threads it can see: the pids.max of its cgroup and the cgroup's ancestors (systemd's TasksMax, a container's pids limit), or RLIMIT_NPROC. Each counts more than fibd's threads when other tasks share it.",
+            );
+            let _ = writeln!(out, "fibd_threads_max {max}");
+        }
         out
-    }
-}
-
-/// Figures about the process read from /proc at scrape time.
-struct ProcessFigures {
-    resident_bytes: u64,
-    open_fds: u64,
-    max_fds: Option<u64>,
-    sockets: u64,
-}
-
-impl ProcessFigures {
-    fn read() -> ProcessFigures {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let resident_bytes = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024);
-        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-        let max_fds = limits
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .and_then(|l| l.split_whitespace().nth(3))
-            .and_then(|v| v.parse().ok());
-        let (mut open_fds, mut sockets) = (0, 0);
-        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
-            for entry in entries.flatten() {
-                open_fds += 1;
-                if let Ok(target) = std::fs::read_link(entry.path()) {
-                    let target = target.to_string_lossy();
-                    if target.starts_with("socket:[") {
-                        sockets += 1;
-                    }
-                }
-            }
-        }
-        ProcessFigures {
-            resident_bytes,
-            open_fds,
-            max_fds,
-            sockets,
-        }
     }
 }
 

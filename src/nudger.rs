@@ -26,11 +26,11 @@
 //! connection per request leave threads idle, which keep the estimate at zero.
 
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::MetadataExt;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::limits;
+use crate::process::{descriptor_count, thread_count};
 
 /// Reads the thread and descriptor counts every `NUDGE_POLL_INTERVAL_MS`. Nudges once more
 /// than the threads gained since the last reading whenever that count rose (at most
@@ -97,26 +97,9 @@ impl Baseline {
     }
 }
 
-/// The process's thread count: the link count of /proc/self/task, which Linux reports as two
-/// plus the number of threads. One `stat` costs a few microseconds, where reading
-/// /proc/self/status cost about a hundred here. 0 where /proc is missing, which leaves the
-/// nudger at one nudge per `NUDGE_INTERVAL_MS`.
-fn thread_count() -> usize {
-    let links = std::fs::metadata("/proc/self/task").map_or(0, |task| task.nlink());
-    usize::try_from(links.saturating_sub(2)).unwrap_or(usize::MAX)
-}
-
-/// The process's open descriptors: the size Linux (6.2 and later) reports for /proc/self/fd.
-/// `None` where it reports 0 (older kernels) or /proc is missing; the nudger then works from
-/// the thread count alone.
-fn descriptor_count() -> Option<usize> {
-    let size = std::fs::metadata("/proc/self/fd").map_or(0, |fd| fd.len());
-    usize::try_from(size).ok().filter(|&n| n > 0)
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{Baseline, thread_count};
+    use super::Baseline;
     use crate::limits::TINY_HTTP_POOL_MIN_THREADS as POOL_MIN;
 
     /// A fibd with 10 descriptors and 20 threads (tiny_http's idle pool included) before any
@@ -152,15 +135,5 @@ mod tests {
             threads: 20,
         };
         assert_eq!(old_kernel.queued_estimate(Some(500), 20), 0);
-    }
-
-    #[test]
-    fn the_thread_count_sees_this_thread_and_one_more() {
-        let (release, parked) = std::sync::mpsc::channel::<()>();
-        let other = std::thread::spawn(move || parked.recv());
-        // Other tests' threads may come and go, so only the two known ones are counted on.
-        assert!(thread_count() >= 2, "thread count {}", thread_count());
-        release.send(()).unwrap();
-        other.join().unwrap().unwrap();
     }
 }

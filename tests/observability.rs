@@ -95,6 +95,8 @@ fn metrics_move_as_requests_are_made() {
     );
     assert!(sample(&after, "process_resident_memory_bytes").unwrap() > 100_000.0);
     assert!(sample(&after, "process_open_fds").unwrap() >= 3.0);
+    // At least a worker, the state owner, the acceptor, the watchdog and the nudger.
+    assert!(sample(&after, "fibd_threads").unwrap() >= 5.0);
     assert!(
         sample(&after, "fibd_open_connections").unwrap() >= 1.0,
         "this scrape's own"

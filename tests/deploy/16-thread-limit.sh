@@ -104,6 +104,12 @@ check "fibd survives $rounds floods past its task limit" kill -0 "$pid" || true
 check "the floods did reach the limit" grep -q 'event=accept_failed' "$WORK/stderr" || true
 check "serves again once the flood is gone" served || true
 check_eq "and the cursor still steps" "$(curl -s -X POST --max-time 2 "$base/next")" "1" || true
+# What an operator's alerts read (FibdThreadsNearLimit, FibdRefusingConnections).
+metrics=$(curl -s --max-time 2 "$base/metrics")
+check_eq "fibd_threads_max shows the task limit" \
+    "$(echo "$metrics" | sed -n 's/^fibd_threads_max //p')" "$((threads + 16))" || true
+check "fibd_accept_failures_total counts the failed accept loops" \
+    test "$(echo "$metrics" | sed -n 's/^fibd_accept_failures_total //p')" -gt 0 || true
 check_eq "no panic" "$(grep -c 'event=panic' "$WORK/stderr" || true)" "0" || true
 kill -TERM "$pid"
 rc=0

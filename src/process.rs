@@ -1,0 +1,227 @@
+//! What Linux says about this process under /proc and /sys/fs/cgroup: its threads,
+//! descriptors and memory, and the limits on them. `/metrics` reads it when scraped; the
+//! nudger reads the two cheap counts every few milliseconds. Where a file is missing (no
+//! /proc, cgroup v1, a sandbox), a figure is 0 or `None`, never an error: none of them is
+//! needed to serve.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Where cgroup v2 is mounted, in the host's view and in a container's.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The process's thread count: the link count of /proc/self/task, which Linux reports as two
+/// plus the number of threads. One `stat` costs a few microseconds, where reading
+/// /proc/self/status cost about a hundred here. 0 where /proc is missing.
+pub fn thread_count() -> usize {
+    let links = std::fs::metadata("/proc/self/task").map_or(0, |task| task.nlink());
+    usize::try_from(links.saturating_sub(2)).unwrap_or(usize::MAX)
+}
+
+/// The process's open descriptors: the size Linux (6.2 and later) reports for /proc/self/fd.
+/// `None` where it reports 0 (older kernels) or /proc is missing.
+pub fn descriptor_count() -> Option<usize> {
+    let size = std::fs::metadata("/proc/self/fd").map_or(0, |fd| fd.len());
+    usize::try_from(size).ok().filter(|&n| n > 0)
+}
+
+/// Figures for `/metrics`, read at scrape time.
+pub struct Figures {
+    pub resident_bytes: u64,
+    pub open_fds: u64,
+    pub max_fds: Option<u64>,
+    /// Open sockets, listening ones included.
+    pub sockets: u64,
+    pub threads: u64,
+    /// The tightest limit on our threads that we can see (`threads_max`).
+    pub max_threads: Option<u64>,
+}
+
+impl Figures {
+    pub fn read() -> Figures {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let resident_bytes = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024);
+        let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+        let (mut open_fds, mut sockets) = (0, 0);
+        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
+            for entry in entries.flatten() {
+                open_fds += 1;
+                if let Ok(target) = std::fs::read_link(entry.path()) {
+                    let target = target.to_string_lossy();
+                    if target.starts_with("socket:[") {
+                        sockets += 1;
+                    }
+                }
+            }
+        }
+        let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        Figures {
+            resident_bytes,
+            open_fds,
+            max_fds: soft_limit(&limits, "Max open files"),
+            sockets,
+            threads: thread_count() as u64,
+            max_threads: threads_max(&limits, &cgroup, Path::new(CGROUP_ROOT)),
+        }
+    }
+}
+
+/// The tightest limit on this process's threads that it can see: the `pids.max` of its cgroup
+/// and of each ancestor visible under `cgroup_root` (systemd's `TasksMax`, a container's
+/// or a pod's pids limit), and `RLIMIT_NPROC`. Both count more than our threads: a cgroup's
+/// limit counts every task in it (under systemd or in a container, ours alone), and
+/// `RLIMIT_NPROC` every thread of our user, which the kernel does not enforce for root.
+/// `None` where neither is set.
+fn threads_max(limits: &str, cgroup: &str, cgroup_root: &Path) -> Option<u64> {
+    let nproc = soft_limit(limits, "Max processes");
+    let pids = cgroup_dirs(cgroup, cgroup_root)
+        .into_iter()
+        .filter_map(|dir| {
+            let text = std::fs::read_to_string(dir.join("pids.max")).ok()?;
+            text.trim().parse::<u64>().ok()
+        })
+        .min();
+    [nproc, pids].into_iter().flatten().min()
+}
+
+/// The soft limit on the line of /proc/self/limits that starts with `name`; `None` when it is
+/// "unlimited" or the line is missing.
+fn soft_limit(limits: &str, name: &str) -> Option<u64> {
+    let rest = limits.lines().find_map(|l| l.strip_prefix(name))?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The directories that hold our cgroup's `pids.max` and its ancestors', deepest first, under
+/// `cgroup_root`: cgroup v2's (the `0::` line of /proc/self/cgroup, the hierarchy mounted at
+/// the root) and cgroup v1's pids controller (a line naming `pids`, mounted at `pids/`).
+/// Inside a cgroup namespace the path is "/", and the root is the container's own cgroup.
+/// In a container without one (cgroup v1), the path is the host's and names no directory
+/// under the container's mount, whose root, the container's own cgroup, is still read.
+fn cgroup_dirs(cgroup: &str, cgroup_root: &Path) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for line in cgroup.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(id), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let mut dir = if id == "0" && controllers.is_empty() {
+            cgroup_root.to_path_buf()
+        } else if controllers.split(',').any(|c| c == "pids") {
+            cgroup_root.join("pids")
+        } else {
+            continue;
+        };
+        let mut these = vec![dir.clone()];
+        // A cgroup path has no ".." (the kernel spells it from the hierarchy), but the file
+        // is only text: components that could leave the root are skipped rather than trusted.
+        for part in path.trim().split('/') {
+            if part.is_empty() || part == "." || part == ".." {
+                continue;
+            }
+            dir.push(part);
+            these.push(dir.clone());
+        }
+        these.reverse();
+        dirs.extend(these);
+    }
+    dirs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    const LIMITS: &str = "\
+Limit                     Soft Limit           Hard Limit           Units
+Max cpu time              unlimited            unlimited            seconds
+Max processes             4096                 8192                 processes
+Max open files            1024                 524288               files
+";
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fibd-process-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn soft_limits_are_read_by_name_and_unlimited_is_none() {
+        assert_eq!(soft_limit(LIMITS, "Max processes"), Some(4096));
+        assert_eq!(soft_limit(LIMITS, "Max open files"), Some(1024));
+        assert_eq!(soft_limit(LIMITS, "Max cpu time"), None);
+        assert_eq!(soft_limit(LIMITS, "Max locked memory"), None);
+        assert_eq!(soft_limit("", "Max processes"), None);
+    }
+
+    #[test]
+    fn the_cgroup_and_its_ancestors_are_listed_deepest_first() {
+        let root = Path::new("/cg");
+        let dirs = cgroup_dirs("0::/system.slice/fibd.service\n", root);
+        assert_eq!(
+            dirs,
+            ["/cg/system.slice/fibd.service", "/cg/system.slice", "/cg"].map(PathBuf::from)
+        );
+        // Inside a cgroup namespace.
+        assert_eq!(cgroup_dirs("0::/\n", root), [PathBuf::from("/cg")]);
+        // cgroup v1's pids controller, alone or with others, beside a v2 hierarchy without
+        // controllers; other v1 controllers are not looked at.
+        let hybrid = "8:pids:/user.slice\n4:memory:/x\n3:cpu,pids:/y\n0::/\n";
+        assert_eq!(
+            cgroup_dirs(hybrid, root),
+            [
+                "/cg/pids/user.slice",
+                "/cg/pids",
+                "/cg/pids/y",
+                "/cg/pids",
+                "/cg"
+            ]
+            .map(PathBuf::from)
+        );
+        assert!(cgroup_dirs("4:memory:/user.slice\nnonsense\n", root).is_empty());
+        assert_eq!(
+            cgroup_dirs("0::/a/../b\n", root),
+            ["/cg/a/b", "/cg/a", "/cg"].map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn the_thread_limit_is_the_tightest_of_the_cgroups_and_rlimit_nproc() {
+        let root = temp_dir("cgroup");
+        fs::create_dir_all(root.join("pod/app")).unwrap();
+        fs::write(root.join("pids.max"), "max\n").unwrap();
+        fs::write(root.join("pod/pids.max"), "300\n").unwrap();
+        fs::write(root.join("pod/app/pids.max"), "max\n").unwrap();
+        let cgroup = "0::/pod/app\n";
+        // The pod's limit is below RLIMIT_NPROC's 4096, and a parent's limit binds its children.
+        assert_eq!(threads_max(LIMITS, cgroup, &root), Some(300));
+        fs::write(root.join("pod/pids.max"), "max\n").unwrap();
+        assert_eq!(threads_max(LIMITS, cgroup, &root), Some(4096));
+        let unlimited = LIMITS.replace("4096 ", "unlimited ");
+        assert_eq!(threads_max(&unlimited, cgroup, &root), None);
+        // A cgroup file that cannot be read is no limit, not an error.
+        assert_eq!(threads_max(LIMITS, "0::/elsewhere\n", &root), Some(4096));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn this_process_is_counted() {
+        let (release, parked) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || parked.recv());
+        // Other tests' threads may come and go, so only the two known ones are counted on.
+        assert!(thread_count() >= 2, "thread count {}", thread_count());
+        let figures = Figures::read();
+        assert!(figures.threads >= 2);
+        assert!(figures.resident_bytes > 0);
+        assert!(figures.open_fds >= 3);
+        release.send(()).unwrap();
+        other.join().unwrap().unwrap();
+    }
+}
