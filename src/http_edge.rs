@@ -245,10 +245,10 @@ impl Edge {
         self.stopping.load(Ordering::Acquire)
     }
 
-    /// Our listening descriptors: the bound socket and the running accept loop's copy. (A
-    /// retired loop's copy closed when its accept thread ended.)
+    /// Our listening sockets: the bound one. Each accept loop's copy of it is a descriptor of
+    /// the same socket, which `/metrics` counts once.
     fn listening_sockets(&self) -> u64 {
-        2
+        1
     }
 
     /// The cursor index as last made durable.

@@ -257,7 +257,7 @@ impl Metrics {
     }
 
     /// The exposition text. `index` and `ready` come from the state owner and the edge;
-    /// `listening` is how many of our descriptors are listening sockets (the edge knows).
+    /// `listening` is how many of our sockets are listening ones (the edge knows).
     pub fn render(&self, index: u8, ready: bool, version: &str, listening: u64) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let family = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -390,7 +390,7 @@ impl Metrics {
             &mut out,
             "fibd_open_connections",
             "gauge",
-            "Sockets open other than the listening ones: client connections, plus the watchdog's probe while it runs and, under systemd, the journal's and notify sockets.",
+            "Open sockets other than the listening one, each counted once (tiny_http holds two descriptors of each connection): client connections, plus the watchdog's probe while it runs (both ends) and, under systemd, the journal's and notify sockets.",
         );
         let _ = writeln!(
             out,

@@ -4,6 +4,7 @@
 //! /proc, cgroup v1, a sandbox), a figure is 0 or `None`, never an error: none of them is
 //! needed to serve.
 
+use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -30,7 +31,8 @@ pub struct Figures {
     pub resident_bytes: u64,
     pub open_fds: u64,
     pub max_fds: Option<u64>,
-    /// Open sockets, listening ones included.
+    /// Open sockets, listening ones included, each counted once however many descriptors
+    /// refer to it.
     pub sockets: u64,
     pub threads: u64,
     /// The tightest limit on our threads that we can see (`threads_max`).
@@ -46,15 +48,17 @@ impl Figures {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kb| kb * 1024);
         let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-        let (mut open_fds, mut sockets) = (0, 0);
+        let mut open_fds = 0;
+        // Sockets by inode: tiny_http keeps two descriptors of each connection's socket (one
+        // to read, one to write), and the listening socket has one per accept loop.
+        let mut sockets = HashSet::new();
         if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
             for entry in entries.flatten() {
                 open_fds += 1;
-                if let Ok(target) = std::fs::read_link(entry.path()) {
-                    let target = target.to_string_lossy();
-                    if target.starts_with("socket:[") {
-                        sockets += 1;
-                    }
+                if let Ok(target) = std::fs::read_link(entry.path())
+                    && let Some(inode) = socket_inode(&target.to_string_lossy())
+                {
+                    sockets.insert(inode);
                 }
             }
         }
@@ -63,11 +67,19 @@ impl Figures {
             resident_bytes,
             open_fds,
             max_fds: soft_limit(&limits, "Max open files"),
-            sockets,
+            sockets: sockets.len() as u64,
             threads: thread_count() as u64,
             max_threads: threads_max(&limits, &cgroup, Path::new(CGROUP_ROOT)),
         }
     }
+}
+
+/// The inode of a socket, from the target of its link in /proc/self/fd ("socket:[12345]").
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// The tightest limit on this process's threads that it can see: the `pids.max` of its cgroup
@@ -209,6 +221,14 @@ Max open files            1024                 524288               files
         // A cgroup file that cannot be read is no limit, not an error.
         assert_eq!(threads_max(LIMITS, "0::/elsewhere\n", &root), Some(4096));
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn sockets_are_known_by_their_inode() {
+        assert_eq!(socket_inode("socket:[123456]"), Some(123_456));
+        assert_eq!(socket_inode("pipe:[123456]"), None);
+        assert_eq!(socket_inode("/var/lib/fibd/fibd.state"), None);
+        assert_eq!(socket_inode("socket:[12"), None);
     }
 
     #[test]

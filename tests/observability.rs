@@ -124,6 +124,34 @@ fn metrics_move_as_requests_are_made() {
 }
 
 #[test]
+fn open_connections_counts_each_connection_once() {
+    use std::io::{BufReader, Write};
+    let dir = TempDir::new("connections");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    const HELD: usize = 20;
+    // Each connection has been answered once, so tiny_http holds both its descriptors.
+    let held: Vec<_> = (0..HELD)
+        .map(|_| {
+            let mut stream = common::connect(server.addr);
+            stream
+                .write_all(b"GET /current HTTP/1.1\r\nHost: test\r\n\r\n")
+                .unwrap();
+            let mut reader = BufReader::new(stream);
+            assert_eq!(common::read_reply(&mut reader, false).unwrap().status, 200);
+            reader
+        })
+        .collect();
+    // The scrape's own connection counts too. The watchdog's probe or a nudge, both ends of
+    // which are ours, may be open at that moment; a reading is taken again until neither is.
+    // Counting descriptors, not sockets, read about twice as many.
+    common::wait_until("fibd_open_connections reads the held connections", || {
+        let open = sample(&server.get("/metrics").body, "fibd_open_connections").unwrap();
+        open == (HELD + 1) as f64
+    });
+    drop(held);
+}
+
+#[test]
 fn probe_exits_zero_only_for_a_timely_2xx() {
     let dir = TempDir::new("probe");
     let server = Server::start(&dir.join("fibd.state"), &[]);
