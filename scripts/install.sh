@@ -3,7 +3,7 @@
 #
 # Meant to run as root on the target machine after copying the files over:
 #   scp -r target/x86_64-unknown-linux-musl/release/fibd scripts/install.sh init HOST:
-#   ssh HOST sudo sh ./install.sh
+#   ssh -t HOST sudo sh ./install.sh
 # It also works from a checkout of the repository.
 #
 # Usage: install.sh [--binary PATH] [--listen IP:PORT] [--init systemd|openrc]

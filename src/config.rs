@@ -63,8 +63,9 @@ Options (each also read from the environment variable shown; flags win):
 the timeout (default 2000 ms), 1 otherwise: a health check for images without curl. A bare
 /PATH probes the address in FIBD_LISTEN (wildcards mean loopback; default 127.0.0.1:8080).
 
-Exit codes: 0 after SIGTERM/SIGINT, 1 on a runtime failure (state file unusable or locked,
-storage error, address in use), 2 on bad configuration.
+Exit codes: 0 after SIGTERM/SIGINT/SIGHUP, 1 on a runtime failure (state file unusable or
+locked, storage error, address in use, unable to accept connections), 2 on bad
+configuration; a panic (a broken invariant) aborts (SIGABRT).
 ";
 
 /// Parses `args` (without the program name); `env` looks up an environment variable.
