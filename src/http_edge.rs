@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +26,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use tiny_http::{Method, Request, Response, Server};
 
 use crate::connections::{Abandoned, Admit, Connections, Finish, Peer};
+use crate::hang_up;
 use crate::http_response::{self, Framing};
 use crate::limits;
 use crate::log;
@@ -181,6 +182,8 @@ pub struct Edge {
     connections: Connections<Routed>,
     /// Connections kept open forever because tiny_http left a request body unread on them.
     kept_connections: AtomicUsize,
+    /// The hang-up thread's queue (`hang_up.rs`), once `start` has started it.
+    hang_ups: OnceLock<Sender<SocketAddr>>,
     /// Ends the process non-zero, for its supervisor to restart it.
     on_fatal: Box<dyn Fn(String) + Send + Sync>,
     /// The queues to the workers and the state owner; `None` once shutdown has drained the
@@ -232,6 +235,7 @@ impl Edge {
             ),
             queues: Mutex::new(None),
             kept_connections: AtomicUsize::new(0),
+            hang_ups: OnceLock::new(),
             on_fatal,
         })
     }
@@ -363,6 +367,17 @@ impl Edge {
             self.metrics
                 .connections_abandoned
                 .fetch_add(1, Ordering::Relaxed);
+            // tiny_http would read on whatever the client sends, only for us to drop it. The
+            // refusals after an unclear request end must still be written, and a connection
+            // kept for its unread body is held by us, not read.
+            if matches!(
+                reason,
+                Abandoned::NotReading | Abandoned::PipelinedTooDeep | Abandoned::PipelinedTotalFull
+            ) && let Some(hang_ups) = self.hang_ups.get()
+            {
+                // A full queue leaves this one to the idle timeout.
+                let _ = hang_ups.try_send(peer);
+            }
             let fields: [(&str, &dyn std::fmt::Display); 3] = [
                 ("remote", &peer),
                 ("reason", &reason.as_str()),
@@ -673,6 +688,17 @@ pub fn start(
         })?);
         reply_txs.push(tx);
     }
+
+    let (hang_up_tx, hang_up_rx) = bounded::<SocketAddr>(limits::HANG_UP_QUEUE_MAX);
+    let local_port = listener.local_addr()?.port();
+    let edge_for_hang_up = Arc::clone(edge);
+    handles.push(spawn("hang-up", move || {
+        hang_up::run(hang_up_rx, local_port, || edge_for_hang_up.is_stopping());
+    })?);
+    assert!(
+        edge.hang_ups.set(hang_up_tx).is_ok(),
+        "the edge is started once"
+    );
 
     *edge.queues.lock().expect("queues lock") = Some(Queues {
         work: work_tx,

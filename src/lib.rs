@@ -8,6 +8,7 @@ pub mod error;
 pub mod fib;
 #[doc(hidden)]
 pub mod fuzz_check;
+pub mod hang_up;
 pub mod http_edge;
 pub mod http_response;
 pub mod limits;

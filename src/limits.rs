@@ -66,6 +66,15 @@ pub const ABANDONED_WATCH_IDLE_TIMEOUTS_MAX: u32 = 8;
 /// forgotten early.
 pub const ABANDONED_REMEMBERED_MAX: usize = 65_536;
 
+/// Abandoned connections waiting to be hung up on (`hang_up.rs`), and the most one scan of
+/// our descriptors handles. Past it, an abandoned connection is dropped from the queue and
+/// closed by the idle timeout, as before there was a hang-up thread.
+pub const HANG_UP_QUEUE_MAX: usize = 256;
+/// The hang-up thread rests this many times as long as its last scan took: a scan reads every
+/// descriptor (about 15 ms with 4,000 connections open), and a stream of abandoned connections
+/// must not keep it busy for more than a fraction of the core.
+pub const HANG_UP_REST_PER_SCAN: u32 = 4;
+
 /// Connections kept open forever because a request on them announced a body that tiny_http
 /// would otherwise read through on our threads (see `http_edge::body_left_unread`); each holds
 /// a thread and two descriptors, so past this many the process exits and its supervisor starts

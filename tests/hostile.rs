@@ -546,6 +546,49 @@ fn a_client_that_pipelines_deep_and_never_reads_cannot_stall_everyone_else() {
 }
 
 #[test]
+fn a_connection_abandoned_for_pipelining_too_deep_is_hung_up_on() {
+    // tiny_http would read on, parse and queue all that such a client sends, however much;
+    // fibd shuts its socket down instead, so the client sees the end of the stream at once,
+    // not after the idle timeout (a minute here).
+    let dir = TempDir::new("hangup");
+    let server = Server::start(&dir.join("fibd.state"), &["--idle-timeout-ms", "60000"]);
+    let mut stream = common::connect(server.addr);
+    let depth = fibd::limits::PIPELINED_PER_CONNECTION_MAX * 3;
+    let requests = "GET /current HTTP/1.1\r\nHost: t\r\n\r\n".repeat(depth);
+    stream.write_all(requests.as_bytes()).unwrap();
+    common::wait_until("the connection is abandoned", || {
+        server.log_text().contains("reason=pipelined_too_deep")
+    });
+    let started = Instant::now();
+    let mut received = Vec::new();
+    let ended = loop {
+        let mut chunk = [0; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => break Ok(()),
+            Ok(n) => received.extend_from_slice(&chunk[..n]),
+            Err(err) => break Err(err),
+        }
+    };
+    assert!(
+        ended.as_ref().is_ok()
+            || ended
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the connection was not ended: {ended:?} after {:?}",
+        started.elapsed()
+    );
+    let replies = String::from_utf8_lossy(&received)
+        .matches("HTTP/1.1 200")
+        .count();
+    assert!(replies < depth, "{replies} replies to {depth} requests");
+    assert_eq!(
+        server.get("/current").status,
+        200,
+        "others are still served"
+    );
+}
+
+#[test]
 fn a_client_that_never_reads_its_replies_cannot_stall_everyone_else() {
     // Keeps few requests waiting, so that it is never abandoned for pipelining, until the
     // replies fill the socket buffers and a write times out: it is abandoned for not reading.
