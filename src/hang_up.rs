@@ -12,11 +12,19 @@
 //! descriptors, by its peer address, and shuts it down in both directions. The kernel resets
 //! the connection when the client sends more, and tiny_http's thread reads what was already
 //! buffered, then the end of the stream, and lets the connection go.
+//!
+//! It also ends replies that take too long to write. The send timeout bounds each write call,
+//! not a whole reply: a client that reads a few bytes at a time lets every call make a little
+//! progress, and could hold the writing thread (a worker, a step responder) for as long as it
+//! liked. Every reply being written is registered in `Writes`; one still being written after
+//! `SEND_TIMEOUT_MS` in all is hung up on, which makes the blocked write fail at once.
 
 use std::collections::HashSet;
 use std::ffi::c_int;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -25,23 +33,155 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use crate::limits;
 
 /// Runs until `stopping` returns true: takes the peers of abandoned connections from
-/// `peers`, and hangs up on each of them that is a connection to `local_port`.
-pub fn run(peers: Receiver<SocketAddr>, local_port: u16, stopping: impl Fn() -> bool) {
-    let poll = Duration::from_millis(limits::ACCEPT_POLL_MS);
+/// `peers`, and the peers of replies in `writes` begun over `write_max` ago, and hangs up on
+/// each of them that is a connection to `local_port`.
+pub fn run(
+    peers: Receiver<SocketAddr>,
+    writes: &Writes,
+    write_max: Duration,
+    local_port: u16,
+    stopping: impl Fn() -> bool,
+) {
+    let poll = Duration::from_millis(limits::HANG_UP_POLL_MS);
     while !stopping() {
-        let first = match peers.recv_timeout(poll) {
-            Ok(peer) => peer,
-            Err(RecvTimeoutError::Timeout) => continue,
+        let mut batch = HashSet::new();
+        match peers.recv_timeout(poll) {
+            Ok(peer) => {
+                batch.insert(peer);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let mut batch = HashSet::from([first]);
+        }
         batch.extend(peers.try_iter().take(limits::HANG_UP_QUEUE_MAX));
+        if let Some(began_before) = Instant::now().checked_sub(write_max) {
+            batch.extend(writes.overdue(began_before));
+        }
+        if batch.is_empty() {
+            continue;
+        }
         let scan_started = Instant::now();
         hang_up(&batch, local_port);
         // A scan reads every descriptor, thousands under a flood of connections: resting a
         // few times as long as it took keeps a stream of abandonments from taking the core.
         thread::sleep(scan_started.elapsed() * limits::HANG_UP_REST_PER_SCAN);
     }
+}
+
+/// The replies being written, one slot per writing thread: the client's address and when
+/// the write began.
+pub struct Writes {
+    slots: Box<[Mutex<Slot>]>,
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Slot {
+    Idle,
+    Writing(SocketAddr, Instant),
+    /// The write took too long and its connection was hung up on.
+    HungUp,
+}
+
+/// Slots in `Writes`: more than the threads that write replies (the workers, at most
+/// `WORKERS_MAX`, the step responders and the acceptors). A thread holds its slot until it
+/// ends; one that finds none free writes untracked, as before there was a hang-up thread.
+const WRITE_SLOTS: usize = 512;
+
+/// Slots given back by threads that ended, and the next never used.
+static FREE_WRITE_SLOTS: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+static NEXT_WRITE_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+/// A thread's slot, given back when the thread ends, so that no two live threads share one.
+struct SlotClaim(Option<usize>);
+
+impl SlotClaim {
+    fn claim() -> SlotClaim {
+        let freed = lock(&FREE_WRITE_SLOTS).pop();
+        SlotClaim(freed.or_else(|| {
+            let next = NEXT_WRITE_SLOT.fetch_add(1, Ordering::Relaxed);
+            (next < WRITE_SLOTS).then_some(next)
+        }))
+    }
+}
+
+impl Drop for SlotClaim {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0 {
+            lock(&FREE_WRITE_SLOTS).push(slot);
+        }
+    }
+}
+
+thread_local! {
+    static WRITE_SLOT: SlotClaim = SlotClaim::claim();
+}
+
+impl Default for Writes {
+    fn default() -> Writes {
+        Writes {
+            slots: (0..WRITE_SLOTS).map(|_| Mutex::new(Slot::Idle)).collect(),
+        }
+    }
+}
+
+impl Writes {
+    /// Registers this thread's write of a reply to `peer` until `Writing::finish`.
+    pub fn begin(&self, peer: SocketAddr) -> Writing<'_> {
+        let slot = WRITE_SLOT
+            .try_with(|claim| claim.0)
+            .ok()
+            .flatten()
+            .map(|slot| &self.slots[slot]);
+        if let Some(slot) = slot {
+            *lock(slot) = Slot::Writing(peer, Instant::now());
+        }
+        Writing { slot }
+    }
+
+    /// The peers of writes begun before `began_before`, each marked as hung up on, so that it
+    /// is reported once and its writer knows.
+    fn overdue(&self, began_before: Instant) -> Vec<SocketAddr> {
+        let mut late = Vec::new();
+        for slot in &self.slots {
+            let mut slot = lock(slot);
+            if let Slot::Writing(peer, began) = *slot
+                && began < began_before
+            {
+                late.push(peer);
+                *slot = Slot::HungUp;
+            }
+        }
+        late
+    }
+}
+
+/// A write in progress.
+pub struct Writing<'a> {
+    slot: Option<&'a Mutex<Slot>>,
+}
+
+impl Writing<'_> {
+    /// Ends the write; true if it took too long and its connection was hung up on.
+    pub fn finish(mut self) -> bool {
+        self.slot
+            .take()
+            .is_some_and(|slot| std::mem::replace(&mut *lock(slot), Slot::Idle) == Slot::HungUp)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.slot {
+            *lock(slot) = Slot::Idle;
+        }
+    }
+}
+
+/// A lock of this module's. A panic while holding it aborts the process (see the panic hook),
+/// so it is never found poisoned by a live server; a test's panic is no reason to stop others.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Shuts down the sockets connected to `local_port` from any of `peers`; returns how many.
@@ -146,6 +286,61 @@ mod tests {
         ));
         let _late = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         assert!(listener.accept().is_ok(), "still listening");
+    }
+
+    #[test]
+    fn a_reply_still_being_written_after_its_time_is_hung_up_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // A client that never reads: a large enough write to it blocks for good.
+        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut served, peer) = listener.accept().unwrap();
+        let writes = std::sync::Arc::new(Writes::default());
+        let (_abandoned_tx, abandoned_rx) = crossbeam_channel::bounded(1);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hang_up_thread = {
+            let (writes, stop) = (std::sync::Arc::clone(&writes), std::sync::Arc::clone(&stop));
+            thread::spawn(move || {
+                let write_max = Duration::from_millis(200);
+                run(abandoned_rx, &writes, write_max, port, || {
+                    stop.load(Ordering::Relaxed)
+                });
+            })
+        };
+        let started = Instant::now();
+        let writing = writes.begin(peer);
+        let written = served.write_all(&vec![0; 64 << 20]);
+        assert!(writing.finish(), "its writer is told it was hung up on");
+        let took = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        hang_up_thread.join().unwrap();
+        assert!(written.is_err(), "the write was ended");
+        assert!(
+            took >= Duration::from_millis(200),
+            "not before its time: {took:?}"
+        );
+        assert!(took < Duration::from_secs(5), "{took:?}");
+        assert!(
+            writes.overdue(Instant::now()).is_empty(),
+            "the write is forgotten"
+        );
+    }
+
+    #[test]
+    fn only_writes_begun_before_the_deadline_are_overdue_and_each_once() {
+        let writes = Writes::default();
+        let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let writing = writes.begin(peer);
+        let after = Instant::now() + Duration::from_millis(1);
+        assert!(
+            writes
+                .overdue(Instant::now() - Duration::from_secs(1))
+                .is_empty()
+        );
+        assert_eq!(writes.overdue(after), [peer]);
+        assert!(writes.overdue(after).is_empty(), "reported once");
+        drop(writing);
+        assert!(writes.overdue(after).is_empty());
     }
 
     #[test]

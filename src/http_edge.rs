@@ -184,6 +184,8 @@ pub struct Edge {
     kept_connections: AtomicUsize,
     /// The hang-up thread's queue (`hang_up.rs`), once `start` has started it.
     hang_ups: OnceLock<Sender<SocketAddr>>,
+    /// The replies being written, for the hang-up thread to end one that takes too long.
+    writes: Arc<hang_up::Writes>,
     /// Ends the process non-zero, for its supervisor to restart it.
     on_fatal: Box<dyn Fn(String) + Send + Sync>,
     /// The queues to the workers and the state owner; `None` once shutdown has drained the
@@ -236,6 +238,7 @@ impl Edge {
             queues: Mutex::new(None),
             kept_connections: AtomicUsize::new(0),
             hang_ups: OnceLock::new(),
+            writes: Arc::default(),
             on_fatal,
         })
     }
@@ -408,18 +411,29 @@ impl Edge {
     ) -> (Result<(), Abandoned>, Instant) {
         let status = reply.status;
         let access = self.access_fields(&request);
+        let mut writing = request.remote_addr().map(|&peer| self.writes.begin(peer));
         let answered = if meta.body_unread {
             self.respond_and_keep(request, &reply);
             Err(Abandoned::BodyUnread)
         } else {
-            let written =
-                write_reply(request, &reply, meta.persists).map_err(|_| Abandoned::NotReading);
-            written.and(if meta.framing_lost {
-                Err(Abandoned::FramingLost)
+            let written = write_reply(request, &reply, meta.persists);
+            // A write the hang-up thread ended fails as if the client had closed the
+            // connection, which `write_reply` counts as answered: the client stopped reading.
+            let hung_up = writing.take().is_some_and(hang_up::Writing::finish);
+            let written = if hung_up {
+                Err(())
             } else {
-                Ok(())
-            })
+                written.map_err(|_| ())
+            };
+            written
+                .map_err(|()| Abandoned::NotReading)
+                .and(if meta.framing_lost {
+                    Err(Abandoned::FramingLost)
+                } else {
+                    Ok(())
+                })
         };
+        drop(writing);
         let answered_at = Instant::now();
         let elapsed = answered_at.duration_since(meta.arrived);
         self.metrics.request(meta.route, status, meta.step, elapsed);
@@ -693,7 +707,11 @@ pub fn start(
     let local_port = listener.local_addr()?.port();
     let edge_for_hang_up = Arc::clone(edge);
     handles.push(spawn("hang-up", move || {
-        hang_up::run(hang_up_rx, local_port, || edge_for_hang_up.is_stopping());
+        let edge = edge_for_hang_up;
+        let write_max = Duration::from_millis(limits::SEND_TIMEOUT_MS);
+        hang_up::run(hang_up_rx, &edge.writes, write_max, local_port, || {
+            edge.is_stopping()
+        });
     })?);
     assert!(
         edge.hang_ups.set(hang_up_tx).is_ok(),

@@ -41,8 +41,11 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 pub const IDLE_TIMEOUT_MS_MIN: u64 = 100;
 pub const IDLE_TIMEOUT_MS_MAX: u64 = 3_600_000;
 /// A write to a client that stops reading its replies fails after this long without progress
-/// (SO_SNDTIMEO, per write call), freeing the writing thread and abandoning the connection; it
-/// is short so a stuck client cannot hold up shutdown for long either.
+/// (SO_SNDTIMEO, per write call), and a reply still being written this long after its write
+/// began is hung up on (`hang_up.rs`), freeing the writing thread and abandoning the
+/// connection. A reply fits the socket's send buffer unless the client left earlier ones
+/// unread, so no client that reads is cut off. It is short so a stuck client cannot hold up
+/// shutdown for long either.
 pub const SEND_TIMEOUT_MS: u64 = 1_500;
 
 /// Requests one connection may pipeline behind the one it has in flight. Clients that pipeline
@@ -70,6 +73,9 @@ pub const ABANDONED_REMEMBERED_MAX: usize = 65_536;
 /// our descriptors handles. Past it, an abandoned connection is dropped from the queue and
 /// closed by the idle timeout, as before there was a hang-up thread.
 pub const HANG_UP_QUEUE_MAX: usize = 256;
+/// How often the hang-up thread looks for replies that have taken `SEND_TIMEOUT_MS` to write;
+/// it also bounds how late shutdown reaches it.
+pub const HANG_UP_POLL_MS: u64 = 50;
 /// The hang-up thread rests this many times as long as its last scan took: a scan reads every
 /// descriptor (about 15 ms with 4,000 connections open), and a stream of abandoned connections
 /// must not keep it busy for more than a fraction of the core.
