@@ -1120,6 +1120,42 @@ mod tests {
             .into()
     }
 
+    #[test]
+    fn a_step_sent_while_a_commit_has_run_a_second_is_refused_and_never_queued() {
+        let published = Arc::new(Published::new(Cursor::at(5).expect("in range")));
+        let stalled = Duration::from_millis(limits::COMMIT_STALLED_MS);
+        let epoch = Instant::now()
+            .checked_sub(2 * stalled)
+            .expect("the clock is past it");
+        let edge = Edge::new(
+            published,
+            Arc::new(Metrics::with_epoch(epoch)),
+            false,
+            Duration::from_secs(15),
+            Box::new(|why: String| panic!("fatal: {why}")),
+        );
+        let (work, work_rx) = bounded(4);
+        let (steps, steps_rx) = bounded(4);
+        *edge.queues.lock().expect("queues lock") = Some(Queues { work, steps });
+        edge.metrics
+            .commit_began_ago(stalled - Duration::from_millis(100));
+        dispatch(&edge, get("/next", 40_101));
+        assert!(
+            steps_rx.try_recv().is_ok(),
+            "a commit under a second old does not refuse steps"
+        );
+        edge.metrics.commit_began_ago(stalled);
+        dispatch(&edge, get("/next", 40_102));
+        assert!(
+            steps_rx.try_recv().is_err(),
+            "the step was queued behind the stall"
+        );
+        assert!(counted(&edge, "/next", 503));
+        assert_eq!(edge.metrics.requests_shed.load(Ordering::Relaxed), 0);
+        dispatch(&edge, get("/current", 40_103));
+        assert!(work_rx.try_recv().is_ok(), "reads are still served");
+    }
+
     fn counted(edge: &Edge, route: &str, code: u16) -> bool {
         let text = edge.metrics.render(edge.durable_index(), true, "test", 2);
         text.contains(&format!(

@@ -225,6 +225,28 @@ impl Metrics {
             .store(since_epoch.saturating_add(1), Ordering::Relaxed);
     }
 
+    /// Metrics whose clock for commits in flight started at `epoch`, so that a test can have a
+    /// commit begin in the past (`commit_began_ago`) rather than wait for one to age.
+    #[cfg(test)]
+    pub(crate) fn with_epoch(epoch: Instant) -> Metrics {
+        Metrics {
+            epoch,
+            ..Metrics::new()
+        }
+    }
+
+    /// As `commit_began`, `ago` ago, which must be after the epoch.
+    #[cfg(test)]
+    pub(crate) fn commit_began_ago(&self, ago: Duration) {
+        let began = self
+            .epoch
+            .elapsed()
+            .checked_sub(ago)
+            .expect("after the epoch");
+        let began_ms = u64::try_from(began.as_millis()).expect("a test's milliseconds fit");
+        self.commit_began_ms.store(began_ms + 1, Ordering::Relaxed);
+    }
+
     /// The commit begun last has returned, whether it succeeded or failed.
     pub fn commit_ended(&self) {
         self.commit_began_ms.store(0, Ordering::Relaxed);

@@ -273,6 +273,15 @@ mod tests {
     }
 
     #[test]
+    fn a_slot_of_another_format_version_is_rejected_even_with_a_valid_checksum() {
+        let mut bytes = encode(slot(6, 42));
+        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let checksum = crc32c(&bytes[..HEADER_BYTES]);
+        bytes[HEADER_BYTES..CHECKSUM_END].copy_from_slice(&checksum.to_le_bytes());
+        assert_eq!(decode(&bytes, 0), Err(SlotError::Version(2)));
+    }
+
+    #[test]
     fn a_slot_in_the_wrong_position_is_rejected() {
         assert_eq!(
             decode(&encode(slot(3, 1)), 0),

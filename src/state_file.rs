@@ -411,6 +411,58 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_fdatasync_is_never_retried() {
+        let mut state = StateFile {
+            file: Recorder {
+                sync_fails: true,
+                ..Recorder::default()
+            },
+            path: PathBuf::from("/x/fibd.state"),
+            sequence: 7,
+        };
+        state.commit(Cursor::at(3).unwrap()).unwrap_err();
+        assert_eq!(
+            *state.file.calls.borrow(),
+            [
+                format!("write {} bytes at {}", slot::SLOT_BYTES, slot::offset_of(8)),
+                "fdatasync".to_string()
+            ],
+            "one write, one fdatasync, nothing after the failure"
+        );
+    }
+
+    #[test]
+    fn an_over_long_file_is_refused_and_left_untouched() {
+        let dir = temp_dir("overlong");
+        let path = dir.join("fibd.state");
+        let mut bytes = slot::initial_file();
+        bytes.push(0);
+        fs::write(&path, &bytes).unwrap();
+        let err = StateFile::open(&path).unwrap_err();
+        assert!(
+            matches!(err.cause, Cause::Corrupt(slot::RecoverError::Length(n)) if n == slot::FILE_BYTES + 1),
+            "{err}"
+        );
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_direct_read_of_a_path_that_names_another_file_is_an_error() {
+        let dir = temp_dir("replaced");
+        let path = dir.join("fibd.state");
+        fs::write(&path, slot::initial_file()).unwrap();
+        let file = File::open(&path).unwrap();
+        let other = dir.join("other");
+        fs::write(&other, slot::initial_file()).unwrap();
+        fs::rename(&other, &path).unwrap();
+        if open_direct(&path).is_some() {
+            assert!(file.read_from_disk(&path).is_err());
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn the_last_sequence_number_is_refused_not_wrapped() {
         let mut state = StateFile {
             file: Recorder::default(),

@@ -314,6 +314,67 @@ mod tests {
         }
     }
 
+    /// Storage that records what `/current` would read while the commit runs.
+    struct Peeking<'a> {
+        published: &'a Published,
+        seen: &'a std::cell::RefCell<Vec<u8>>,
+    }
+
+    impl Storage for Peeking<'_> {
+        fn commit(&mut self, _: Cursor) -> Result<(), Error> {
+            self.seen.borrow_mut().push(self.published.index());
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_published_index_moves_only_after_the_commit_returns() {
+        let (tx, rx) = bounded(4);
+        for _ in 0..3 {
+            tx.send(StepRequest {
+                step: Step::Next,
+                ticket: (),
+            })
+            .unwrap();
+        }
+        drop(tx);
+        let published = Published::new(Cursor::START);
+        let seen = std::cell::RefCell::new(Vec::new());
+        let storage = Peeking {
+            published: &published,
+            seen: &seen,
+        };
+        run(
+            storage,
+            &published,
+            &Metrics::new(),
+            rx,
+            1,
+            |_, _| {},
+            |_| {},
+        );
+        assert_eq!(
+            *seen.borrow(),
+            [0, 1, 2],
+            "during each commit, the index before it"
+        );
+        assert_eq!(published.index(), 3);
+    }
+
+    #[test]
+    fn a_batch_that_ends_where_it_began_is_still_committed() {
+        let (delivered, commits, ..) = run_steps(&[Step::Next, Step::Previous], 0, 8, usize::MAX);
+        assert_eq!(
+            delivered.iter().map(|d| d.1).collect::<Vec<_>>(),
+            [Outcome::Stepped(1), Outcome::Stepped(0)]
+        );
+        assert_eq!(
+            commits,
+            [0],
+            "each acknowledged step is covered by an fdatasync"
+        );
+    }
+
     #[test]
     fn batch_size_one_commits_every_step() {
         let steps = [Step::Next, Step::Next, Step::Previous];
