@@ -4,8 +4,9 @@
 # supervisor, and start again from the file. Also a failure at start-up (the fdatasync of the
 # state it recovered), one while a SIGTERM drains the last steps, and a disk that stalls
 # (an fdatasync that does not return): it must show in /metrics and /readyz, leave reads
-# answering, make a stop exit 1, and, once the disk answers, leave fibd ready again. The unit tests inject the same faults below the file API; this
-# is the whole process, signals and exit codes included.
+# answering, make a stop exit 1, and, once the disk answers, leave fibd ready again; and a
+# failed fsync of the state file's directory at start-up. The unit tests inject the same
+# faults below the file API; this is the whole process, signals and exit codes included.
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -174,3 +175,15 @@ check_eq "the step that waited out the stall is acknowledged" "$(cat "$WORK/code
 after=$(curl -s -H 'Accept: application/json' "$base/current" | sed -n 's/.*"index":\([0-9]*\).*/\1/p')
 check_eq "and the cursor moved by one" "$after" "$((before + 1))" || true
 kill_wait "$pid"
+
+# 6. Start-up makes the state file's name durable with an fsync of its directory (on an
+# existing file the only fsync fibd makes: its commits use fdatasync). If that fails, fibd
+# must not serve: steps acknowledged later could live in a file a power cut unlinks. (A
+# timeout, so that a fibd that skipped the fsync and served fails the check, not the run.)
+rc=0
+timeout 10 strace -f -qq -y -o "$WORK/trace-start" -e trace=fsync -e inject=fsync:error=EIO \
+    "$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$state" 2>"$WORK/stderr-start" || rc=$?
+check_eq "a failed fsync of the state file's directory at start-up exits 1" "$rc" "1" || true
+check "it says which operation on which file failed" \
+    grep -q "event=state_file_unusable .*fsync directory of state file.*$state" "$WORK/stderr-start" || true
+check "the fsync that failed was the directory's" grep -q "^[0-9]* *fsync([0-9]*<$WORK>) = -1 EIO" "$WORK/trace-start" || true
