@@ -21,6 +21,7 @@
 
 use std::collections::HashSet;
 use std::ffi::c_int;
+use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
 use std::sync::Mutex;
@@ -28,39 +29,94 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::limits;
 
-/// Runs until `stopping` returns true: takes the peers of abandoned connections from
-/// `peers`, and the peers of replies in `writes` begun over `write_max` ago, and hangs up on
-/// each of them that is a connection to `local_port`.
+/// The connections to hang up on, as the edge asks for them: a set, so that a burst of
+/// abandonments is kept whole however long a scan takes, and a doorbell for the hang-up thread.
+pub struct HangUps {
+    wanted: Mutex<HashSet<SocketAddr>>,
+    doorbell: Sender<()>,
+    rung: Receiver<()>,
+    /// The replies being written, for the hang-up thread to end one that takes too long.
+    pub writes: Writes,
+}
+
+impl Default for HangUps {
+    fn default() -> HangUps {
+        let (doorbell, rung) = bounded(1);
+        HangUps {
+            wanted: Mutex::new(HashSet::new()),
+            doorbell,
+            rung,
+            writes: Writes::default(),
+        }
+    }
+}
+
+impl HangUps {
+    /// Asks for the connection from `peer` to be hung up on. Past `HANG_UPS_WANTED_MAX` waiting,
+    /// the request is dropped: the connection table forgets abandoned connections beyond that
+    /// many too.
+    pub fn request(&self, peer: SocketAddr) {
+        let mut wanted = lock(&self.wanted);
+        if wanted.len() < limits::HANG_UPS_WANTED_MAX {
+            wanted.insert(peer);
+        }
+        drop(wanted);
+        // Full means the thread has yet to take the last ring, and will see this one too.
+        let _ = self.doorbell.try_send(());
+    }
+
+    fn take(&self) -> HashSet<SocketAddr> {
+        std::mem::take(&mut *lock(&self.wanted))
+    }
+}
+
+/// Runs until `stopping` returns true: hangs up on the connections to `local_port` that
+/// `hang_ups` asks for, and on those of replies begun over `write_max` ago and still being
+/// written. A scan that could not read every descriptor (they have run out) leaves what it did
+/// not find for the next one; after a whole scan, a connection not found has already ended.
+/// `on_hung_up` is told how many each scan shut down.
 pub fn run(
-    peers: Receiver<SocketAddr>,
-    writes: &Writes,
+    hang_ups: &HangUps,
     write_max: Duration,
     local_port: u16,
     stopping: impl Fn() -> bool,
+    on_hung_up: impl Fn(usize),
 ) {
     let poll = Duration::from_millis(limits::HANG_UP_POLL_MS);
+    let mut pending = HashSet::new();
     while !stopping() {
-        let mut batch = HashSet::new();
-        match peers.recv_timeout(poll) {
-            Ok(peer) => {
-                batch.insert(peer);
+        let _ = hang_ups.rung.recv_timeout(poll);
+        for peer in hang_ups.take() {
+            if pending.len() < limits::HANG_UPS_WANTED_MAX {
+                pending.insert(peer);
             }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return,
         }
-        batch.extend(peers.try_iter().take(limits::HANG_UP_QUEUE_MAX));
-        if let Some(began_before) = Instant::now().checked_sub(write_max) {
-            batch.extend(writes.overdue(began_before));
-        }
-        if batch.is_empty() {
+        let overdue = match Instant::now().checked_sub(write_max) {
+            Some(began_before) => hang_ups.writes.overdue(began_before),
+            None => Vec::new(),
+        };
+        if pending.is_empty() && overdue.is_empty() {
             continue;
         }
+        let mut targets = pending.clone();
+        targets.extend(overdue.iter().map(|write| write.peer));
         let scan_started = Instant::now();
-        hang_up(&batch, local_port);
+        let scan = hang_up(&targets, local_port);
+        on_hung_up(scan.shut_down.len());
+        for write in overdue {
+            if !scan.shut_down.contains(&write.peer) {
+                hang_ups.writes.not_hung_up(write);
+            }
+        }
+        if scan.complete {
+            pending.clear();
+        } else {
+            pending.retain(|peer| !scan.shut_down.contains(peer));
+        }
         // A scan reads every descriptor, thousands under a flood of connections: resting a
         // few times as long as it took keeps a stream of abandonments from taking the core.
         thread::sleep(scan_started.elapsed() * limits::HANG_UP_REST_PER_SCAN);
@@ -70,8 +126,13 @@ pub fn run(
 /// The replies being written, one slot per writing thread: the client's address and when
 /// the write began.
 pub struct Writes {
-    slots: Box<[Mutex<Slot>]>,
+    slots: Box<[PaddedSlot]>,
 }
+
+/// A slot alone on its cache lines: each writing thread locks its own twice per reply, and
+/// slots side by side would make neighbouring threads on other cores contend for the line.
+#[repr(align(128))]
+struct PaddedSlot(Mutex<Slot>);
 
 #[derive(Clone, Copy, PartialEq, Debug)]
 enum Slot {
@@ -118,7 +179,9 @@ thread_local! {
 impl Default for Writes {
     fn default() -> Writes {
         Writes {
-            slots: (0..WRITE_SLOTS).map(|_| Mutex::new(Slot::Idle)).collect(),
+            slots: (0..WRITE_SLOTS)
+                .map(|_| PaddedSlot(Mutex::new(Slot::Idle)))
+                .collect(),
         }
     }
 }
@@ -130,28 +193,47 @@ impl Writes {
             .try_with(|claim| claim.0)
             .ok()
             .flatten()
-            .map(|slot| &self.slots[slot]);
+            .map(|slot| &self.slots[slot].0);
         if let Some(slot) = slot {
             *lock(slot) = Slot::Writing(peer, Instant::now());
         }
         Writing { slot }
     }
 
-    /// The peers of writes begun before `began_before`, each marked as hung up on, so that it
-    /// is reported once and its writer knows.
-    fn overdue(&self, began_before: Instant) -> Vec<SocketAddr> {
+    /// The writes begun before `began_before` and still going, each marked as hung up on
+    /// from now: its writer may see its write fail the moment the socket is shut down, and
+    /// must know why.
+    fn overdue(&self, began_before: Instant) -> Vec<Overdue> {
         let mut late = Vec::new();
-        for slot in &self.slots {
-            let mut slot = lock(slot);
+        for (index, slot) in self.slots.iter().enumerate() {
+            let mut slot = lock(&slot.0);
             if let Slot::Writing(peer, began) = *slot
                 && began < began_before
             {
-                late.push(peer);
+                late.push(Overdue { index, peer, began });
                 *slot = Slot::HungUp;
             }
         }
         late
     }
+
+    /// Takes back the mark of an overdue write whose connection a scan did not reach, so that
+    /// the next poll tries again; unless the write has ended meanwhile. (Its writer, had it
+    /// ended first, took the write as not read, which a reply that late is.)
+    fn not_hung_up(&self, write: Overdue) {
+        let mut slot = lock(&self.slots[write.index].0);
+        if *slot == Slot::HungUp {
+            *slot = Slot::Writing(write.peer, write.began);
+        }
+    }
+}
+
+/// A write found still going after its time.
+#[derive(Clone, Copy)]
+struct Overdue {
+    index: usize,
+    peer: SocketAddr,
+    began: Instant,
 }
 
 /// A write in progress.
@@ -184,13 +266,30 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Shuts down the sockets connected to `local_port` from any of `peers`; returns how many.
-pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16) -> usize {
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
-        return 0;
+/// What a scan of our descriptors did.
+pub struct Scan {
+    /// The peers whose connections were shut down.
+    pub shut_down: HashSet<SocketAddr>,
+    /// Whether every descriptor was looked at: false when /proc could not be read, or a
+    /// descriptor could not be copied for want of a free one.
+    pub complete: bool,
+}
+
+/// Shuts down the sockets connected to `local_port` from any of `peers`.
+pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16) -> Scan {
+    let mut scan = Scan {
+        shut_down: HashSet::new(),
+        complete: true,
     };
-    let mut hung_up = 0;
-    for entry in entries.flatten() {
+    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+        scan.complete = false;
+        return scan;
+    };
+    for entry in entries {
+        let Ok(entry) = entry else {
+            scan.complete = false;
+            continue;
+        };
         let is_socket = std::fs::read_link(entry.path()).is_ok_and(|target| {
             target
                 .as_os_str()
@@ -207,38 +306,55 @@ pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16) -> usize {
         // The descriptor is tiny_http's, and may be closed, and its number reused, at any
         // moment. A copy of our own pins whichever socket it names now; everything after is
         // asked of that socket, so a reused number cannot make us shut down the wrong one.
-        let Some(socket) = duplicate(fd) else {
-            continue;
+        let socket = match duplicate(fd) {
+            Ok(socket) => socket,
+            // Closed since it was listed: nothing to look at.
+            Err(err) if err.raw_os_error() == Some(EBADF) => continue,
+            Err(_) => {
+                scan.complete = false;
+                continue;
+            }
         };
         let ours = socket
             .local_addr()
             .is_ok_and(|local| local.port() == local_port);
-        if ours
-            && socket.peer_addr().is_ok_and(|peer| peers.contains(&peer))
+        if let Ok(peer) = socket.peer_addr()
+            && ours
+            && peers.contains(&peer)
             && socket.shutdown(Shutdown::Both).is_ok()
         {
-            hung_up += 1;
+            scan.shut_down.insert(peer);
         }
     }
-    hung_up
+    scan
 }
 
-/// A descriptor of our own for the open file `fd` names, as a `TcpStream` whose methods are
-/// only asked of a socket (on anything else they fail); `None` if `fd` is not open.
-fn duplicate(fd: c_int) -> Option<TcpStream> {
+/// EBADF, the same number on every Linux architecture.
+const EBADF: i32 = 9;
+/// fcntl(2)'s F_DUPFD_CLOEXEC, the same number on every Linux architecture.
+const F_DUPFD_CLOEXEC: c_int = 1030;
+
+/// A descriptor of our own, closed on exec, for the open file `fd` names, as a `TcpStream`
+/// whose methods are only asked of a socket (on anything else they fail).
+fn duplicate(fd: c_int) -> io::Result<TcpStream> {
     unsafe extern "C" {
-        /// dup(2), from the C library that std itself links (musl or glibc).
-        fn dup(fd: c_int) -> c_int;
+        /// fcntl(2), from the C library that std itself links (musl or glibc).
+        fn fcntl(fd: c_int, command: c_int, ...) -> c_int;
     }
-    // SAFETY: dup(2) takes an integer and touches no memory of ours; on a number that is not
-    // open it fails with EBADF.
-    let copy = unsafe { dup(fd) };
+    // SAFETY: fcntl(2) with F_DUPFD_CLOEXEC takes integers and touches no memory of ours; on a
+    // number that is not open it fails with EBADF. It does not take `fd` from its owner: the
+    // number may be tiny_http's, or whatever reused it since it was listed, and either way
+    // that descriptor stays open and its owner's. (The copy keeps the file open a moment
+    // longer when its owner closes it meanwhile; closing the copy would drop POSIX record
+    // locks, which fibd does not use: the state file's lock is `flock`.)
+    let lowest: c_int = 0;
+    let copy = unsafe { fcntl(fd, F_DUPFD_CLOEXEC, lowest) };
     if copy < 0 {
-        return None;
+        return Err(io::Error::last_os_error());
     }
-    // SAFETY: `copy` was just returned by dup(2), so it is open and no one else owns it; the
+    // SAFETY: `copy` was just returned by fcntl(2), so it is open and no one else owns it; the
     // stream takes it over and closes it when dropped.
-    Some(unsafe { TcpStream::from_raw_fd(copy) })
+    Ok(unsafe { TcpStream::from_raw_fd(copy) })
 }
 
 #[cfg(test)]
@@ -246,6 +362,8 @@ mod tests {
     use super::*;
     use std::io::{ErrorKind, Read, Write};
     use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
 
     #[test]
     fn only_the_named_peers_connections_to_our_port_are_shut_down() {
@@ -255,10 +373,11 @@ mod tests {
         let (_served_abandoned, abandoned_peer) = listener.accept().unwrap();
         let mut kept = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_served_kept, _) = listener.accept().unwrap();
-        // The client end of `abandoned` has the same peer address seen from the other side
-        // only if ports collide, which they cannot here: it is not a connection to `port`.
-        let hung_up = hang_up(&HashSet::from([abandoned_peer]), port);
-        assert_eq!(hung_up, 1, "the accepted end of the named connection only");
+        // The client end of `abandoned` is not a connection to `port`, so only the accepted
+        // end is shut down.
+        let scan = hang_up(&HashSet::from([abandoned_peer]), port);
+        assert!(scan.complete);
+        assert_eq!(scan.shut_down, HashSet::from([abandoned_peer]));
         abandoned
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
@@ -288,6 +407,53 @@ mod tests {
         assert!(listener.accept().is_ok(), "still listening");
     }
 
+    /// Runs the hang-up thread over `hang_ups` for connections to `port` until the returned
+    /// flag is set; the count of connections it shut down goes to the returned counter.
+    fn hang_up_thread(
+        hang_ups: &Arc<HangUps>,
+        port: u16,
+        write_max: Duration,
+    ) -> (Arc<AtomicBool>, Arc<AtomicUsize>, thread::JoinHandle<()>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicUsize::new(0));
+        let (hang_ups, stopping, counted) =
+            (Arc::clone(hang_ups), Arc::clone(&stop), Arc::clone(&count));
+        let thread = thread::spawn(move || {
+            run(
+                &hang_ups,
+                write_max,
+                port,
+                || stopping.load(Ordering::Relaxed),
+                |n| {
+                    counted.fetch_add(n, Ordering::Relaxed);
+                },
+            );
+        });
+        (stop, count, thread)
+    }
+
+    #[test]
+    fn a_requested_hang_up_ends_the_connection_and_is_counted() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (_served, peer) = listener.accept().unwrap();
+        let hang_ups = Arc::new(HangUps::default());
+        let (stop, count, thread) = hang_up_thread(&hang_ups, port, Duration::from_secs(60));
+        hang_ups.request(peer);
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            client.read(&mut [0; 1]).unwrap(),
+            0,
+            "the client sees the end"
+        );
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+        assert_eq!(count.load(Ordering::Relaxed), 1);
+    }
+
     #[test]
     fn a_reply_still_being_written_after_its_time_is_hung_up_on() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -295,57 +461,59 @@ mod tests {
         // A client that never reads: a large enough write to it blocks for good.
         let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (mut served, peer) = listener.accept().unwrap();
-        let writes = std::sync::Arc::new(Writes::default());
-        let (_abandoned_tx, abandoned_rx) = crossbeam_channel::bounded(1);
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let hang_up_thread = {
-            let (writes, stop) = (std::sync::Arc::clone(&writes), std::sync::Arc::clone(&stop));
-            thread::spawn(move || {
-                let write_max = Duration::from_millis(200);
-                run(abandoned_rx, &writes, write_max, port, || {
-                    stop.load(Ordering::Relaxed)
-                });
-            })
-        };
+        let hang_ups = Arc::new(HangUps::default());
+        let write_max = Duration::from_millis(200);
+        let (stop, count, thread) = hang_up_thread(&hang_ups, port, write_max);
         let started = Instant::now();
-        let writing = writes.begin(peer);
+        let writing = hang_ups.writes.begin(peer);
         let written = served.write_all(&vec![0; 64 << 20]);
         assert!(writing.finish(), "its writer is told it was hung up on");
         let took = started.elapsed();
         stop.store(true, Ordering::Relaxed);
-        hang_up_thread.join().unwrap();
+        thread.join().unwrap();
         assert!(written.is_err(), "the write was ended");
-        assert!(
-            took >= Duration::from_millis(200),
-            "not before its time: {took:?}"
-        );
+        assert!(took >= write_max, "not before its time: {took:?}");
         assert!(took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(count.load(Ordering::Relaxed), 1);
         assert!(
-            writes.overdue(Instant::now()).is_empty(),
+            hang_ups.writes.overdue(Instant::now()).is_empty(),
             "the write is forgotten"
         );
     }
 
     #[test]
-    fn only_writes_begun_before_the_deadline_are_overdue_and_each_once() {
+    fn a_write_is_overdue_once_unless_its_connection_was_not_reached() {
         let writes = Writes::default();
         let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        let writing = writes.begin(peer);
-        let after = Instant::now() + Duration::from_millis(1);
+        let on_time = writes.begin(peer);
         assert!(
             writes
                 .overdue(Instant::now() - Duration::from_secs(1))
                 .is_empty()
         );
-        assert_eq!(writes.overdue(after), [peer]);
-        assert!(writes.overdue(after).is_empty(), "reported once");
-        drop(writing);
-        assert!(writes.overdue(after).is_empty());
+        assert!(!on_time.finish(), "a write in time was not hung up on");
+        let late = writes.begin(peer);
+        let later = Instant::now() + Duration::from_millis(1);
+        let overdue = writes.overdue(later);
+        assert_eq!(overdue.len(), 1);
+        assert!(writes.overdue(later).is_empty(), "reported once");
+        // A scan that did not reach it: reported again.
+        writes.not_hung_up(overdue[0]);
+        let overdue = writes.overdue(later);
+        assert_eq!(overdue.len(), 1, "tried again");
+        assert!(late.finish(), "its writer is told");
+        // Taking back the mark of a write that has ended leaves the slot's next write alone.
+        let next = writes.begin(peer);
+        writes.not_hung_up(overdue[0]);
+        assert!(!next.finish());
     }
 
     #[test]
-    fn a_descriptor_that_is_not_open_is_skipped() {
-        assert!(duplicate(-1).is_none());
-        assert!(duplicate(c_int::MAX).is_none());
+    fn a_descriptor_that_is_not_open_cannot_be_copied() {
+        assert_eq!(duplicate(-1).unwrap_err().raw_os_error(), Some(EBADF));
+        assert_eq!(
+            duplicate(c_int::MAX).unwrap_err().raw_os_error(),
+            Some(EBADF)
+        );
     }
 }

@@ -18,7 +18,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -182,10 +182,9 @@ pub struct Edge {
     connections: Connections<Routed>,
     /// Connections kept open forever because tiny_http left a request body unread on them.
     kept_connections: AtomicUsize,
-    /// The hang-up thread's queue (`hang_up.rs`), once `start` has started it.
-    hang_ups: OnceLock<Sender<SocketAddr>>,
-    /// The replies being written, for the hang-up thread to end one that takes too long.
-    writes: Arc<hang_up::Writes>,
+    /// What the hang-up thread is to hang up on (`hang_up.rs`), and the replies being written,
+    /// which it watches.
+    hang_ups: Arc<hang_up::HangUps>,
     /// Ends the process non-zero, for its supervisor to restart it.
     on_fatal: Box<dyn Fn(String) + Send + Sync>,
     /// The queues to the workers and the state owner; `None` once shutdown has drained the
@@ -237,8 +236,7 @@ impl Edge {
             ),
             queues: Mutex::new(None),
             kept_connections: AtomicUsize::new(0),
-            hang_ups: OnceLock::new(),
-            writes: Arc::default(),
+            hang_ups: Arc::default(),
             on_fatal,
         })
     }
@@ -376,10 +374,8 @@ impl Edge {
             if matches!(
                 reason,
                 Abandoned::NotReading | Abandoned::PipelinedTooDeep | Abandoned::PipelinedTotalFull
-            ) && let Some(hang_ups) = self.hang_ups.get()
-            {
-                // A full queue leaves this one to the idle timeout.
-                let _ = hang_ups.try_send(peer);
+            ) {
+                self.hang_ups.request(peer);
             }
             let fields: [(&str, &dyn std::fmt::Display); 3] = [
                 ("remote", &peer),
@@ -411,7 +407,9 @@ impl Edge {
     ) -> (Result<(), Abandoned>, Instant) {
         let status = reply.status;
         let access = self.access_fields(&request);
-        let mut writing = request.remote_addr().map(|&peer| self.writes.begin(peer));
+        let mut writing = request
+            .remote_addr()
+            .map(|&peer| self.hang_ups.writes.begin(peer));
         let answered = if meta.body_unread {
             self.respond_and_keep(request, &reply);
             Err(Abandoned::BodyUnread)
@@ -703,20 +701,23 @@ pub fn start(
         reply_txs.push(tx);
     }
 
-    let (hang_up_tx, hang_up_rx) = bounded::<SocketAddr>(limits::HANG_UP_QUEUE_MAX);
     let local_port = listener.local_addr()?.port();
     let edge_for_hang_up = Arc::clone(edge);
     handles.push(spawn("hang-up", move || {
         let edge = edge_for_hang_up;
         let write_max = Duration::from_millis(limits::SEND_TIMEOUT_MS);
-        hang_up::run(hang_up_rx, &edge.writes, write_max, local_port, || {
-            edge.is_stopping()
-        });
+        hang_up::run(
+            &edge.hang_ups,
+            write_max,
+            local_port,
+            || edge.is_stopping(),
+            |count| {
+                edge.metrics
+                    .connections_hung_up
+                    .fetch_add(count as u64, Ordering::Relaxed);
+            },
+        );
     })?);
-    assert!(
-        edge.hang_ups.set(hang_up_tx).is_ok(),
-        "the edge is started once"
-    );
 
     *edge.queues.lock().expect("queues lock") = Some(Queues {
         work: work_tx,

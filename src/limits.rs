@@ -41,9 +41,9 @@ pub const IDLE_TIMEOUT_MS_DEFAULT: u64 = 15_000;
 pub const IDLE_TIMEOUT_MS_MIN: u64 = 100;
 pub const IDLE_TIMEOUT_MS_MAX: u64 = 3_600_000;
 /// A write to a client that stops reading its replies fails after this long without progress
-/// (SO_SNDTIMEO, per write call), and a reply still being written this long after its write
-/// began is hung up on (`hang_up.rs`), freeing the writing thread and abandoning the
-/// connection. A reply fits the socket's send buffer unless the client left earlier ones
+/// (SO_SNDTIMEO, per write call), and until shutdown begins, a reply still being written this
+/// long after its write began is hung up on (`hang_up.rs`), freeing the writing thread and
+/// abandoning the connection (during shutdown, the grace period bounds it). A reply fits the socket's send buffer unless the client left earlier ones
 /// unread, so no client that reads is cut off. It is short so a stuck client cannot hold up
 /// shutdown for long either.
 pub const SEND_TIMEOUT_MS: u64 = 1_500;
@@ -69,10 +69,9 @@ pub const ABANDONED_WATCH_IDLE_TIMEOUTS_MAX: u32 = 8;
 /// forgotten early.
 pub const ABANDONED_REMEMBERED_MAX: usize = 65_536;
 
-/// Abandoned connections waiting to be hung up on (`hang_up.rs`), and the most one scan of
-/// our descriptors handles. Past it, an abandoned connection is dropped from the queue and
-/// closed by the idle timeout, as before there was a hang-up thread.
-pub const HANG_UP_QUEUE_MAX: usize = 256;
+/// Connections waiting to be hung up on (`hang_up.rs`): as many as the connection table
+/// remembers abandoned connections, so that none it still watches is left out.
+pub const HANG_UPS_WANTED_MAX: usize = ABANDONED_REMEMBERED_MAX;
 /// How often the hang-up thread looks for replies that have taken `SEND_TIMEOUT_MS` to write;
 /// it also bounds how late shutdown reaches it.
 pub const HANG_UP_POLL_MS: u64 = 50;

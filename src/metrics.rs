@@ -172,6 +172,8 @@ pub struct Metrics {
     /// Connections given up on: they did not read their replies, pipelined too deep, or sent
     /// a request whose end was unclear.
     pub connections_abandoned: AtomicU64,
+    /// Connections shut down by the hang-up thread (`hang_up.rs`).
+    pub connections_hung_up: AtomicU64,
     /// Requests of abandoned connections, dropped without a reply.
     pub requests_dropped: AtomicU64,
     /// Connections kept open forever because a request on them left its body unread.
@@ -209,6 +211,7 @@ impl Metrics {
             requests_shed: AtomicU64::new(0),
             connections_shed: AtomicU64::new(0),
             connections_abandoned: AtomicU64::new(0),
+            connections_hung_up: AtomicU64::new(0),
             requests_dropped: AtomicU64::new(0),
             connections_kept: AtomicU64::new(0),
             accept_failures: AtomicU64::new(0),
@@ -389,6 +392,11 @@ impl Metrics {
                 &self.connections_abandoned,
             ),
             (
+                "fibd_connections_hung_up_total",
+                "Connections fibd shut down: abandoned ones that tiny_http would have read on, and those of replies still being written after the send timeout.",
+                &self.connections_hung_up,
+            ),
+            (
                 "fibd_requests_dropped_total",
                 "Requests of abandoned connections, dropped without a reply.",
                 &self.requests_dropped,
@@ -476,7 +484,7 @@ impl Metrics {
                 &mut out,
                 "fibd_threads_max",
                 "gauge",
-                "The tightest limit on the process's threads it can see: the pids.max of its cgroup and the cgroup's ancestors (systemd's TasksMax, a container's pids limit), or RLIMIT_NPROC. Each counts more than fibd's threads when other tasks share it.",
+                "The tightest limit on the process's threads it can see: the pids.max of its cgroup and the cgroup's ancestors (systemd's TasksMax, a container's pids limit), or RLIMIT_NPROC unless it runs as root. Each counts more than fibd's threads when other tasks share it.",
             );
             let _ = writeln!(out, "fibd_threads_max {max}");
         }

@@ -63,13 +63,20 @@ impl Figures {
             }
         }
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        // The kernel does not hold root to RLIMIT_NPROC.
+        let root = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|ids| ids.split_whitespace().nth(1))
+            == Some("0");
+        let limits_that_bind = if root { "" } else { limits.as_str() };
         Figures {
             resident_bytes,
             open_fds,
             max_fds: soft_limit(&limits, "Max open files"),
             sockets: sockets.len() as u64,
             threads: thread_count() as u64,
-            max_threads: threads_max(&limits, &cgroup, Path::new(CGROUP_ROOT)),
+            max_threads: threads_max(limits_that_bind, &cgroup, Path::new(CGROUP_ROOT)),
         }
     }
 }
@@ -83,11 +90,12 @@ fn socket_inode(link: &str) -> Option<u64> {
 }
 
 /// The tightest limit on this process's threads that it can see: the `pids.max` of its cgroup
-/// and of each ancestor visible under `cgroup_root` (systemd's `TasksMax`, a container's
-/// or a pod's pids limit), and `RLIMIT_NPROC`. Both count more than our threads: a cgroup's
-/// limit counts every task in it (under systemd or in a container, ours alone), and
-/// `RLIMIT_NPROC` every thread of our user, which the kernel does not enforce for root.
-/// `None` where neither is set.
+/// and of each ancestor visible under `cgroup_root` (systemd's `TasksMax`, a container's pids
+/// limit), and `RLIMIT_NPROC` from `limits` (the caller leaves it out for root, whom the
+/// kernel does not hold to it). Both count more than our threads: a cgroup's limit counts
+/// every task in it (under systemd or in a container, ours alone), and `RLIMIT_NPROC` every
+/// thread of our user. A limit on a cgroup above the one a container sees as its root (a
+/// Kubernetes pod's) is out of sight. `None` where none is set.
 fn threads_max(limits: &str, cgroup: &str, cgroup_root: &Path) -> Option<u64> {
     let nproc = soft_limit(limits, "Max processes");
     let pids = cgroup_dirs(cgroup, cgroup_root)
@@ -109,7 +117,8 @@ fn soft_limit(limits: &str, name: &str) -> Option<u64> {
 
 /// The directories that hold our cgroup's `pids.max` and its ancestors', deepest first, under
 /// `cgroup_root`: cgroup v2's (the `0::` line of /proc/self/cgroup, the hierarchy mounted at
-/// the root) and cgroup v1's pids controller (a line naming `pids`, mounted at `pids/`).
+/// the root) and cgroup v1's pids controller (a line naming `pids`, mounted under the names
+/// of its controllers: `pids/`, or `cpu,pids/` when mounted with another).
 /// Inside a cgroup namespace the path is "/", and the root is the container's own cgroup.
 /// In a container without one (cgroup v1), the path is the host's and names no directory
 /// under the container's mount, whose root, the container's own cgroup, is still read.
@@ -125,19 +134,19 @@ fn cgroup_dirs(cgroup: &str, cgroup_root: &Path) -> Vec<PathBuf> {
         let mut dir = if id == "0" && controllers.is_empty() {
             cgroup_root.to_path_buf()
         } else if controllers.split(',').any(|c| c == "pids") {
-            cgroup_root.join("pids")
+            cgroup_root.join(controllers)
         } else {
             continue;
         };
         let mut these = vec![dir.clone()];
-        // A cgroup path has no ".." (the kernel spells it from the hierarchy), but the file
-        // is only text: components that could leave the root are skipped rather than trusted.
-        for part in path.trim().split('/') {
-            if part.is_empty() || part == "." || part == ".." {
-                continue;
+        // A path that starts with ".." names a cgroup outside our cgroup namespace, which its
+        // mount does not show: only the root is read then.
+        let parts: Vec<&str> = path.trim().split('/').filter(|p| !p.is_empty()).collect();
+        if !parts.iter().any(|p| *p == ".." || *p == ".") {
+            for part in parts {
+                dir.push(part);
+                these.push(dir.clone());
             }
-            dir.push(part);
-            these.push(dir.clone());
         }
         these.reverse();
         dirs.extend(these);
@@ -191,16 +200,17 @@ Max open files            1024                 524288               files
             [
                 "/cg/pids/user.slice",
                 "/cg/pids",
-                "/cg/pids/y",
-                "/cg/pids",
+                "/cg/cpu,pids/y",
+                "/cg/cpu,pids",
                 "/cg"
             ]
             .map(PathBuf::from)
         );
         assert!(cgroup_dirs("4:memory:/user.slice\nnonsense\n", root).is_empty());
+        // A cgroup outside our namespace: only the root we see.
         assert_eq!(
-            cgroup_dirs("0::/a/../b\n", root),
-            ["/cg/a/b", "/cg/a", "/cg"].map(PathBuf::from)
+            cgroup_dirs("0::/../../elsewhere\n", root),
+            [PathBuf::from("/cg")]
         );
     }
 

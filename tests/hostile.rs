@@ -581,10 +581,14 @@ fn a_connection_abandoned_for_pipelining_too_deep_is_hung_up_on() {
         .matches("HTTP/1.1 200")
         .count();
     assert!(replies < depth, "{replies} replies to {depth} requests");
-    assert_eq!(
-        server.get("/current").status,
-        200,
-        "others are still served"
+    let metrics = server.get("/metrics");
+    assert_eq!(metrics.status, 200, "others are still served");
+    assert!(
+        metrics
+            .body
+            .contains("\nfibd_connections_hung_up_total 1\n"),
+        "counted:\n{}",
+        metrics.body
     );
 }
 
