@@ -38,7 +38,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$bin" --listen 127.0.0.1:0 --state-file "$work/fibd.state" 2>"$work/log" &
+# fibd reports its thread limit (fibd_threads_max, which an alert reads) when one binds it.
+# RLIMIT_NPROC does not bind root, so as root fibd runs as an unprivileged user, from a copy
+# of the binary that user can reach; either way under an RLIMIT_NPROC of its own.
+threads_max=4096
+cp "$bin" "$work/fibd"
+run_as=()
+if [ "$(id -u)" = 0 ]; then
+    chmod 0777 "$work"
+    run_as=(setpriv --reuid=64999 --regid=64999 --clear-groups)
+fi
+"${run_as[@]}" prlimit --nproc="$threads_max" -- "$work/fibd" --listen 127.0.0.1:0 \
+    --state-file "$work/fibd.state" 2>"$work/log" &
 pid=$!
 for _ in $(seq 100); do
     grep -q 'event=start' "$work/log" 2>/dev/null && break
@@ -56,6 +67,16 @@ curl -s "http://$addr/metrics" >"$work/metrics.txt"
 
 check "promtool check metrics (live scrape)" promtool check metrics <"$work/metrics.txt"
 check "metrics scrape has requests by route" grep -q 'fibd_requests_total{route="/next",code="200"} 2' "$work/metrics.txt"
+thread_limit_seen() {
+    local seen
+    seen=$(sed -n 's/^fibd_threads_max //p' "$work/metrics.txt")
+    if [ -n "$seen" ] && [ "$seen" -gt 0 ] && [ "$seen" -le "$threads_max" ]; then
+        return 0
+    fi
+    echo "  fibd_threads_max is '$seen', want 1..$threads_max"
+    return 1
+}
+check "fibd_threads_max reports the RLIMIT_NPROC it runs under (or a tighter cgroup's)" thread_limit_seen
 check "promtool check rules" promtool check rules deploy/prometheus/alerts.yml
 check "promtool test rules" promtool test rules deploy/prometheus/alerts_test.yml
 
