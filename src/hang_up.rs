@@ -88,10 +88,13 @@ pub fn run(
 ) {
     let poll = Duration::from_millis(limits::HANG_UP_POLL_MS);
     let mut pending = HashSet::new();
+    // What the last scan shut down. A write hung up on fails, its connection is abandoned,
+    // and the edge asks for it to be hung up on again: that second scan is spared.
+    let mut last_shut_down = HashSet::new();
     while !stopping() {
         let _ = hang_ups.rung.recv_timeout(poll);
         for peer in hang_ups.take() {
-            if pending.len() < limits::HANG_UPS_WANTED_MAX {
+            if pending.len() < limits::HANG_UPS_WANTED_MAX && !last_shut_down.contains(&peer) {
                 pending.insert(peer);
             }
         }
@@ -100,6 +103,7 @@ pub fn run(
             None => Vec::new(),
         };
         if pending.is_empty() && overdue.is_empty() {
+            last_shut_down.clear();
             continue;
         }
         let mut targets = pending.clone();
@@ -117,6 +121,7 @@ pub fn run(
         } else {
             pending.retain(|peer| !scan.shut_down.contains(peer));
         }
+        last_shut_down = scan.shut_down;
         // A scan reads every descriptor, thousands under a flood of connections: resting a
         // few times as long as it took keeps a stream of abandonments from taking the core.
         thread::sleep(scan_started.elapsed() * limits::HANG_UP_REST_PER_SCAN);
