@@ -418,18 +418,13 @@ impl Edge {
             // A write the hang-up thread ended fails as if the client had closed the
             // connection, which `write_reply` counts as answered: the client stopped reading.
             let hung_up = writing.take().is_some_and(hang_up::Writing::finish);
-            let written = if hung_up {
-                Err(())
+            if written.is_err() || hung_up {
+                Err(Abandoned::NotReading)
+            } else if meta.framing_lost {
+                Err(Abandoned::FramingLost)
             } else {
-                written.map_err(|_| ())
-            };
-            written
-                .map_err(|()| Abandoned::NotReading)
-                .and(if meta.framing_lost {
-                    Err(Abandoned::FramingLost)
-                } else {
-                    Ok(())
-                })
+                Ok(())
+            }
         };
         drop(writing);
         let answered_at = Instant::now();
