@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::limits;
+use crate::process::{self, Descriptor};
 
 /// The connections to hang up on, as the edge asks for them: a set, so that a burst of
 /// abandonments is kept whole however long a scan takes, and a doorbell for the hang-up thread.
@@ -286,27 +287,21 @@ pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16) -> Scan {
         shut_down: HashSet::new(),
         complete: true,
     };
-    let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+    let Ok(descriptors) = process::descriptors() else {
         scan.complete = false;
         return scan;
     };
-    for entry in entries {
-        let Ok(entry) = entry else {
-            scan.complete = false;
-            continue;
-        };
-        let is_socket = std::fs::read_link(entry.path()).is_ok_and(|target| {
-            target
-                .as_os_str()
-                .as_encoded_bytes()
-                .starts_with(b"socket:[")
-        });
-        let fd = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<c_int>().ok());
-        let (true, Some(fd)) = (is_socket, fd) else {
-            continue;
+    for descriptor in descriptors {
+        let fd = match descriptor {
+            Ok(Descriptor {
+                fd,
+                socket_inode: Some(_),
+            }) => fd,
+            Ok(_) => continue,
+            Err(_) => {
+                scan.complete = false;
+                continue;
+            }
         };
         // The descriptor is tiny_http's, and may be closed, and its number reused, at any
         // moment. A copy of our own pins whichever socket it names now; everything after is

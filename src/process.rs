@@ -1,10 +1,12 @@
 //! What Linux says about this process under /proc and /sys/fs/cgroup: its threads,
 //! descriptors and memory, and the limits on them. `/metrics` reads it when scraped; the
-//! nudger reads the two cheap counts every few milliseconds. Where a file is missing (no
-//! /proc, cgroup v1, a sandbox), a figure is 0 or `None`, never an error: none of them is
-//! needed to serve.
+//! nudger reads the two cheap counts every few milliseconds; the hang-up thread lists the
+//! descriptors. Where a file is missing (no /proc, cgroup v1, a sandbox), a figure is 0 or
+//! `None`, never an error: none of them is needed to serve.
 
 use std::collections::HashSet;
+use std::ffi::c_int;
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -52,15 +54,9 @@ impl Figures {
         // Sockets by inode: tiny_http keeps two descriptors of each connection's socket (one
         // to read, one to write), and the listening socket has one per accept loop.
         let mut sockets = HashSet::new();
-        if let Ok(entries) = std::fs::read_dir("/proc/self/fd") {
-            for entry in entries.flatten() {
-                open_fds += 1;
-                if let Ok(target) = std::fs::read_link(entry.path())
-                    && let Some(inode) = socket_inode(&target.to_string_lossy())
-                {
-                    sockets.insert(inode);
-                }
-            }
+        for descriptor in descriptors().into_iter().flatten().flatten() {
+            open_fds += 1;
+            sockets.extend(descriptor.socket_inode);
         }
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         // The kernel does not hold root to RLIMIT_NPROC.
@@ -79,6 +75,31 @@ impl Figures {
             max_threads: threads_max(limits_that_bind, &cgroup, Path::new(CGROUP_ROOT)),
         }
     }
+}
+
+/// One of our open descriptors, as /proc/self/fd lists it.
+pub struct Descriptor {
+    pub fd: c_int,
+    /// The inode of the socket it is, if it is one.
+    pub socket_inode: Option<u64>,
+}
+
+/// Our open descriptors, each read from /proc/self/fd as the iteration reaches it (so one may
+/// be closed, or its number reused, by the time it is looked at). An error where /proc cannot
+/// be read, or for an entry that cannot.
+pub fn descriptors() -> io::Result<impl Iterator<Item = io::Result<Descriptor>>> {
+    Ok(std::fs::read_dir("/proc/self/fd")?.map(|entry| {
+        let entry = entry?;
+        let fd = entry
+            .file_name()
+            .to_str()
+            .and_then(|name| name.parse().ok())
+            .ok_or_else(|| io::Error::other("a name in /proc/self/fd that is not a number"))?;
+        let socket_inode = std::fs::read_link(entry.path())
+            .ok()
+            .and_then(|target| socket_inode(&target.to_string_lossy()));
+        Ok(Descriptor { fd, socket_inode })
+    }))
 }
 
 /// The inode of a socket, from the target of its link in /proc/self/fd ("socket:[12345]").
