@@ -32,21 +32,16 @@ fn main() -> ExitCode {
         let message = info.payload_as_str().unwrap_or("(no message)");
         let file = info.location().map_or("", |l| l.file());
         let thread = std::thread::current();
-        match thread.name() {
-            // tiny_http could not spawn its accept thread as the acceptor started it: threads
-            // ran out. The acceptor catches this and retries, as for any failed accept loop.
-            Some(name) if http_edge::starting_accept_loop() => {
+        let name = thread.name().unwrap_or("");
+        match judge_panic(thread.name(), http_edge::starting_accept_loop()) {
+            Panic::AcceptLoopStart => {
                 log::warn("tiny_http_panic", &[("thread", &name), ("message", &info)]);
             }
-            // Every thread of ours has a name. A panic there is a broken invariant: end the
-            // process, and the supervisor restarts it from the durable state.
-            Some(name) => {
+            Panic::Ours => {
                 log::error("panic", &[("thread", &name), ("message", &info)]);
                 std::process::abort();
             }
-            // tiny_http's threads have none. A panic in one of its connection threads ends
-            // that connection only; one in its accept thread is handled like an accept error.
-            None => {
+            Panic::TinyHttp => {
                 let accept = http_edge::tiny_http_panicked(file, message);
                 log::warn(
                     "tiny_http_panic",
@@ -75,6 +70,28 @@ fn main() -> ExitCode {
 }
 
 /// `fibd probe URL`: exit 0 when URL answers 2xx within the timeout.
+/// Whose panic the panic hook is looking at.
+#[derive(Debug, PartialEq)]
+enum Panic {
+    /// tiny_http could not spawn its accept thread as the acceptor started it: threads ran
+    /// out. The acceptor catches this and retries, as for any failed accept loop.
+    AcceptLoopStart,
+    /// Every thread of ours has a name. A panic there is a broken invariant: the process
+    /// aborts, and the supervisor restarts it from the durable state.
+    Ours,
+    /// tiny_http's threads have none. A panic in one of its connection threads ends that
+    /// connection only; one in its accept thread is handled like an accept error.
+    TinyHttp,
+}
+
+fn judge_panic(thread_name: Option<&str>, starting_accept_loop: bool) -> Panic {
+    match thread_name {
+        Some(_) if starting_accept_loop => Panic::AcceptLoopStart,
+        Some(_) => Panic::Ours,
+        None => Panic::TinyHttp,
+    }
+}
+
 fn probe_command(url: &str, timeout_ms: u64) -> ExitCode {
     // A bare path probes this host's own fibd, at the address FIBD_LISTEN names.
     let resolved;
@@ -345,4 +362,26 @@ fn serve(config: Config) -> ExitCode {
         return ExitCode::FAILURE;
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_on_a_thread_of_ours_aborts_unless_tiny_http_could_not_start() {
+        for ours in [
+            "state-owner",
+            "worker-3",
+            "responder-0",
+            "acceptor",
+            "hang-up",
+            "main",
+        ] {
+            assert_eq!(judge_panic(Some(ours), false), Panic::Ours, "{ours}");
+        }
+        assert_eq!(judge_panic(Some("acceptor"), true), Panic::AcceptLoopStart);
+        assert_eq!(judge_panic(None, false), Panic::TinyHttp);
+        assert_eq!(judge_panic(None, true), Panic::TinyHttp);
+    }
 }
