@@ -365,14 +365,20 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
 
+    /// A new connection to `listener`: the client's end, the served end and the client's
+    /// address as the served end sees it.
+    fn connect(listener: &TcpListener) -> (TcpStream, TcpStream, SocketAddr) {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (served, peer) = listener.accept().unwrap();
+        (client, served, peer)
+    }
+
     #[test]
     fn only_the_named_peers_connections_to_our_port_are_shut_down() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mut abandoned = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (_served_abandoned, abandoned_peer) = listener.accept().unwrap();
-        let mut kept = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (_served_kept, _) = listener.accept().unwrap();
+        let (mut abandoned, _served_abandoned, abandoned_peer) = connect(&listener);
+        let (mut kept, _served_kept, _) = connect(&listener);
         // The client end of `abandoned` is not a connection to `port`, so only the accepted
         // end is shut down.
         let scan = hang_up(&HashSet::from([abandoned_peer]), port);
@@ -436,8 +442,7 @@ mod tests {
     fn a_requested_hang_up_ends_the_connection_and_is_counted() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (_served, peer) = listener.accept().unwrap();
+        let (mut client, _served, peer) = connect(&listener);
         let hang_ups = Arc::new(HangUps::default());
         let (stop, count, thread) = hang_up_thread(&hang_ups, port, Duration::from_secs(60));
         hang_ups.request(peer);
@@ -459,8 +464,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         // A client that never reads: a large enough write to it blocks for good.
-        let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (mut served, peer) = listener.accept().unwrap();
+        let (_client, mut served, peer) = connect(&listener);
         let hang_ups = Arc::new(HangUps::default());
         let write_max = Duration::from_millis(200);
         let (stop, count, thread) = hang_up_thread(&hang_ups, port, write_max);
