@@ -44,7 +44,7 @@ done
 kill_wait "$pid"
 rc=0
 out=$(SMOKE_READY_TIMEOUT=1 sh "$SMOKE" "$base" 2>&1) || rc=$?
-if [ "$rc" != 0 ] && echo "$out" | grep -q '^FAIL healthz'; then
+if [ "$rc" != 0 ] && grep -q '^FAIL healthz' <<<"$out"; then
     pass "fails naming healthz when the service is down"
 else
     fail "fails naming healthz when the service is down" "exit $rc: $(echo "$out" | tail -n 1)"
@@ -63,8 +63,8 @@ if command -v python3 >/dev/null 2>&1; then
     wait_for 10 curl -fsS -o /dev/null "http://127.0.0.1:$port/healthz" || true
     rc=0
     out=$(sh "$SMOKE" "http://127.0.0.1:$port" 2>&1) || rc=$?
-    if [ "$rc" != 0 ] && echo "$out" | grep -q '^FAIL fib/10:' &&
-        echo "$out" | grep -q '^ok   healthz' &&
+    if [ "$rc" != 0 ] && grep -q '^FAIL fib/10:' <<<"$out" &&
+        grep -q '^ok   healthz' <<<"$out" &&
         echo "$out" | tail -n 1 | grep -q 'FAILED.*fib/10'; then
         pass "fails naming fib/10 when F(10) is wrong"
     else

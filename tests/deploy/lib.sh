@@ -93,6 +93,13 @@ free_port() {
 # http PATH-URL: the body of a GET, empty and non-zero on failure.
 http() { curl -fsS --max-time 5 "$@"; }
 
+# start_time BASE_URL: the serving process's start time from /metrics (seconds
+# since the epoch, to the millisecond); empty when fibd does not answer. A
+# restart changes it.
+start_time() {
+    curl -fsS --max-time 5 "$1/metrics" 2>/dev/null | sed -n 's/^process_start_time_seconds //p' || true
+}
+
 # wait_ready BASE_URL [SECONDS]: until /readyz answers 200.
 wait_ready() {
     local deadline=$((SECONDS + ${2:-20}))
