@@ -161,7 +161,8 @@ openrc_host() {
     if [ "$rc" = 0 ] && grep -q "kept the existing /etc/conf.d/fibd" <<<"$out"; then
         pass "OpenRC: second run upgrades in place, keeping conf.d"
     else
-        fail "OpenRC: second run upgrades in place, keeping conf.d" "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+        indent "$out"
+        fail "OpenRC: second run upgrades in place, keeping conf.d" "exit $rc"
     fi
     wait_ready "$base" 10 || true
     check_eq "OpenRC: upgrade keeps the state (index 3)" "$(http "$base/current" || true)" "$(fib 3)" || true
