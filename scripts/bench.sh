@@ -189,9 +189,11 @@ alone_bin="$(cd "$(dirname "$alone_bin")" && pwd)/$(basename "$alone_bin")"
 # and podman's default pids limit (2048) would refuse threads long before 512 MB is used.
 podman_global=(--runtime runc --cgroup-manager cgroupfs)
 # The box itself: the brief's 1 CPU and 512 MB, on the server core, loopback networking.
+# No health check: where podman has systemd to run the image's, it would add a probe every
+# 15 s to some phases and not others; where it has none, it logs an error at every start.
 podman_box=(--network host --cpus 1 --cpuset-cpus "$SERVER_CPU"
     --memory 512m --memory-swap 512m --pids-limit 16384
-    --ulimit nofile=20000:20000 --ulimit nproc=16384:16384 --read-only)
+    --ulimit nofile=20000:20000 --ulimit nproc=16384:16384 --read-only --no-healthcheck)
 image="localhost/fibd-bench:latest"
 if [ "$ISOLATION" = auto ] || [ "$ISOLATION" = podman ]; then
     if command -v podman >/dev/null && [ -f Containerfile ]; then
