@@ -1091,6 +1091,13 @@ mod tests {
             length_ambiguous: false,
         };
         assert!(check_head(&ok, Format::Text).is_ok());
+        let at_limits = Head {
+            target_bytes: limits::TARGET_BYTES_MAX,
+            header_bytes: limits::HEADER_BYTES_MAX,
+            header_fields: limits::HEADER_FIELDS_MAX,
+            ..ok.clone()
+        };
+        assert!(check_head(&at_limits, Format::Text).is_ok());
         let status = |head: Head| check_head(&head, Format::Text).unwrap_err().status;
         assert_eq!(
             status(Head {
@@ -1341,6 +1348,10 @@ mod tests {
             "text/plain;q=0.5;x=\"a,b;q=1\", application/json;q=0.6",
             "application/json;q=x, application/json;q=0.2",
             "text/plain;q=2, application/json;q=0.1",
+            // A backslash escapes only inside a quoted string: here the `;` still splits.
+            "text/plain;x=a\\;q=0, application/json;q=0.5",
+            // An escaped quote does not end the quoted string; the one after it does.
+            "text/plain;q=0.5;x=\"a\\\"\", application/json",
         ];
         let text = [
             "",
@@ -1368,6 +1379,13 @@ mod tests {
             "application/json;q=",
             "text/plain;x=\"application/json\"",
             "text/plain;x=\"a,application/json",
+            // `*/*` rates text too, above json's own lower q.
+            "application/json;q=0.5, */*",
+            // Of equal ranges, the first counts: text's first place beats json's second.
+            "text/plain, application/json, text/plain",
+            // A `;` or an escaped quote inside a quoted string ends nothing.
+            "text/plain;x=\"a;q=0\", application/json;q=0.5",
+            "text/plain;x=\"a\\\";q=0\", application/json;q=0.5",
         ];
         let cases =
             (json.iter().map(|a| (a, Format::Json))).chain(text.iter().map(|a| (a, Format::Text)));
