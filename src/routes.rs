@@ -1040,6 +1040,13 @@ mod tests {
     }
 
     #[test]
+    fn json_strings_escape_quotes_backslashes_and_control_characters() {
+        let mut out = String::new();
+        push_json_string(&mut out, "a\"b\\c\nd\u{1}é");
+        assert_eq!(out, "\"a\\\"b\\\\c\\u000ad\\u0001é\"");
+    }
+
+    #[test]
     fn n_validation() {
         for bad in [
             "", "-1", "+1", " 1", "1 ", "01", "00", "1.0", "1e3", "%31", "abc", "0x10", "١",
@@ -1062,6 +1069,14 @@ mod tests {
         assert_eq!(status("GET", "/fib?m=1"), 400);
         let reply = route("GET", "/fib?n", false, Format::Text).unwrap_err();
         assert!(reply.body.contains("n has no value"), "{}", reply.body);
+        let reply = route("GET", "/fib?n=1&n=2", false, Format::Text).unwrap_err();
+        assert!(reply.body.contains("n is given twice"), "{}", reply.body);
+        let reply = route("GET", "/fib?m", false, Format::Text).unwrap_err();
+        assert!(
+            reply.body.contains("unknown query parameter \"m\""),
+            "{}",
+            reply.body
+        );
         // Numbers are quoted as numbers; a long one is cut short.
         let message = |target: &str| route("GET", target, false, Format::Text).unwrap_err().body;
         assert!(message("/fib/999").starts_with("F(999) does not fit"));
@@ -1070,6 +1085,12 @@ mod tests {
         assert!(
             long.starts_with(&format!("F({}...)", "9".repeat(64))),
             "{long}"
+        );
+        // One exactly as long as the cut is quoted whole.
+        let at_cut = message(&format!("/fib/{}", "9".repeat(64)));
+        assert!(
+            at_cut.starts_with(&format!("F({}) does", "9".repeat(64))),
+            "{at_cut}"
         );
         for missing in ["/fib/", "/fib/?n=3"] {
             let body = message(missing);
