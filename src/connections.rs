@@ -531,6 +531,17 @@ mod tests {
         // One past the share forgets a quarter of it at once, the quietest first, but keeps
         // the one whose framing was lost although it is the quietest of all.
         assert_eq!(table.tracked(), share * 3 / 4);
+        let forgotten = share + 1 - share * 3 / 4;
+        {
+            let shard = table.shard(client(0));
+            for i in 1..=share {
+                assert_eq!(
+                    shard.connections.contains_key(&client(i)),
+                    i > forgotten,
+                    "client {i}: the {forgotten} quietest are forgotten, the rest kept"
+                );
+            }
+        }
         assert!(matches!(table.admit(client(0), 2, now), Admit::Refuse(2)));
         assert!(matches!(table.finish(client(0), Ok(()), now), Finish::Idle));
         assert!(matches!(table.admit(client(1), 2, now), Admit::Go(2)));
@@ -545,7 +556,45 @@ mod tests {
         assert_eq!(table.tracked(), 1);
         let shard = table.shard(client(1));
         assert_eq!(shard.abandoned, 0);
+        // The next sweep is one forget period away: sweeping on every admission would cost
+        // a pass over the shard per request.
+        assert_eq!(shard.next_sweep, quiet + Duration::from_secs(30));
         assert!(shard.connections.capacity() < 1024, "the table shrank back");
+    }
+
+    #[test]
+    fn connections_with_a_refusal_in_flight_are_never_forgotten_early() {
+        let (table, now) = table();
+        let share = limits::ABANDONED_REMEMBERED_MAX / SHARDS;
+        let clients: Vec<Peer> = (1..=4)
+            .flat_map(|host| (0..=u16::MAX).map(move |port| ([10, 0, 0, host], port)))
+            .map(|addr| Peer::of(SocketAddr::from(addr)))
+            .filter(|peer| peer.shard() == 0)
+            .take(share + 1)
+            .collect();
+        // Every connection lost its framing, and each has its refusal in flight when the
+        // next is abandoned: past the share, none of them may be forgotten, since finishing
+        // the refusal needs the entry.
+        for (i, &client) in clients.iter().enumerate() {
+            let at = now + Duration::from_millis(i as u64);
+            let _ = table.admit(client, 1, at);
+            let _ = table.finish(client, Err(Abandoned::FramingLost), at);
+            assert!(matches!(table.admit(client, 2, at), Admit::Refuse(2)));
+        }
+        assert_eq!(table.tracked(), share + 1);
+        for &client in &clients {
+            assert!(matches!(table.finish(client, Ok(()), now), Finish::Idle));
+        }
+    }
+
+    #[test]
+    fn the_table_hashes_a_peer_by_its_digest() {
+        // A constant hash would keep the table correct but make every lookup a walk of the
+        // shard: a flood of remembered connections would then cost quadratic time.
+        let hasher = BuildHasherDefault::<DigestHasher>::default();
+        for port in [1, 2, 40_000] {
+            assert_eq!(hasher.hash_one(peer(port)), peer(port).digest());
+        }
     }
 
     #[test]
