@@ -74,6 +74,56 @@ fn raw(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
     line.split(' ').nth(1)?.parse().ok()
 }
 
+/// The limits README.md states (src/limits.rs): a target of 8 KiB, 16 KiB of header names and
+/// values, 100 header fields. A request exactly at each is served; one byte or field more is not.
+#[test]
+fn a_request_exactly_at_each_head_limit_is_served_and_one_past_it_refused() {
+    const TARGET_BYTES_MAX: usize = 8 * 1024;
+    const HEADER_BYTES_MAX: usize = 16 * 1024;
+    const HEADER_FIELDS_MAX: usize = 100;
+    let dir = TempDir::new("head-limits");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    // `/current` ignores its query, so the query pads the target.
+    let target = |bytes: usize| {
+        let path = "/current?";
+        format!(
+            "GET {path}{} HTTP/1.1\r\nHost: t\r\n\r\n",
+            "a".repeat(bytes - path.len())
+        )
+    };
+    // "Host" and "t" are 5 bytes; "X-Big" is 5 more.
+    let header_bytes = |bytes: usize| {
+        format!(
+            "GET /current HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+            "b".repeat(bytes - 10)
+        )
+    };
+    let fields = |count: usize| {
+        format!(
+            "GET /current HTTP/1.1\r\nHost: t\r\n{}\r\n",
+            "X-A: 1\r\n".repeat(count - 1)
+        )
+    };
+    for (what, request, status) in [
+        ("target at the limit", target(TARGET_BYTES_MAX), 200),
+        ("target past it", target(TARGET_BYTES_MAX + 1), 414),
+        (
+            "header bytes at the limit",
+            header_bytes(HEADER_BYTES_MAX),
+            200,
+        ),
+        (
+            "header bytes past it",
+            header_bytes(HEADER_BYTES_MAX + 1),
+            431,
+        ),
+        ("header fields at the limit", fields(HEADER_FIELDS_MAX), 200),
+        ("header fields past it", fields(HEADER_FIELDS_MAX + 1), 431),
+    ] {
+        assert_eq!(raw(server.addr, request.as_bytes()), Some(status), "{what}");
+    }
+}
+
 #[test]
 fn malformed_and_odd_requests_get_a_4xx_or_a_closed_connection() {
     let dir = TempDir::new("malformed");
