@@ -99,6 +99,10 @@ fn the_accept_header_is_read_as_a_weighted_list() {
         // Several fields are one list: the second does not replace the first.
         (&["application/json", "text/html"], true),
         (&["text/plain", "application/json;q=0.5"], false),
+        // Quoted strings reach the parser as sent: the `,` and `;` inside them split nothing,
+        // and an escaped quote does not end one.
+        (&["text/plain;q=0.5;x=\"a,b\\\"c\", application/json"], true),
+        (&["text/plain;x=\"a;q=0\", application/json;q=0.5"], false),
     ];
     for &(fields, json) in cases {
         let headers: Vec<(&str, &str)> = fields.iter().map(|&f| ("Accept", f)).collect();
