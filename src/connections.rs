@@ -406,6 +406,18 @@ mod tests {
         Peer::of(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
+    /// `count` clients whose addresses all fall in shard 0.
+    fn clients_of_shard_zero(count: usize) -> Vec<Peer> {
+        let clients: Vec<Peer> = (1..=4)
+            .flat_map(|host| (0..=u16::MAX).map(move |port| ([10, 0, 0, host], port)))
+            .map(|addr| Peer::of(SocketAddr::from(addr)))
+            .filter(|peer| peer.shard() == 0)
+            .take(count)
+            .collect();
+        assert_eq!(clients.len(), count, "enough ports hash to one shard");
+        clients
+    }
+
     fn table() -> (Connections<u32>, Instant) {
         let now = Instant::now();
         let (forget_after, watch_max) = (Duration::from_secs(30), Duration::from_secs(120));
@@ -508,14 +520,7 @@ mod tests {
     fn abandoned_connections_remembered_at_once_are_bounded() {
         let (table, now) = table();
         let share = limits::ABANDONED_REMEMBERED_MAX / SHARDS;
-        // Clients that all fall in one shard.
-        let clients: Vec<Peer> = (1..=4)
-            .flat_map(|host| (0..=u16::MAX).map(move |port| ([10, 0, 0, host], port)))
-            .map(|addr| Peer::of(SocketAddr::from(addr)))
-            .filter(|peer| peer.shard() == 0)
-            .take(share + 1)
-            .collect();
-        assert_eq!(clients.len(), share + 1, "enough ports hash to one shard");
+        let clients = clients_of_shard_zero(share + 1);
         let client = |i: usize| clients[i];
         // The first client's connection lost its framing; the rest stopped reading.
         for i in 0..=share {
@@ -566,12 +571,7 @@ mod tests {
     fn connections_with_a_refusal_in_flight_are_never_forgotten_early() {
         let (table, now) = table();
         let share = limits::ABANDONED_REMEMBERED_MAX / SHARDS;
-        let clients: Vec<Peer> = (1..=4)
-            .flat_map(|host| (0..=u16::MAX).map(move |port| ([10, 0, 0, host], port)))
-            .map(|addr| Peer::of(SocketAddr::from(addr)))
-            .filter(|peer| peer.shard() == 0)
-            .take(share + 1)
-            .collect();
+        let clients = clients_of_shard_zero(share + 1);
         // Every connection lost its framing, and each has its refusal in flight when the
         // next is abandoned: past the share, none of them may be forgotten, since finishing
         // the refusal needs the entry.
