@@ -245,6 +245,9 @@ mod tests {
             500
         );
         assert!(parse_with(&["--idle-timeout-ms", "5"], &[]).is_err());
+        assert_eq!(config(&["--batch-max", "1"], &[]).batch_ops_max, 1);
+        assert_eq!(config(&["--batch-max=7"], &[]).batch_ops_max, 7);
+        assert_eq!(config(&["--workers=5"], &[]).workers, 5);
     }
 
     #[test]
@@ -276,6 +279,9 @@ mod tests {
                 "FIBD_BATCH_MAX",
             ),
             (&["--frobnicate"][..], &[][..], "unknown argument"),
+            // Only long flags take an inline value; a switch takes none.
+            (&["-V=1"][..], &[][..], "unknown argument"),
+            (&["--access-log=1"][..], &[][..], "unknown argument"),
         ] {
             let err = parse_with(args, env).unwrap_err();
             assert!(err.contains(needle), "{err}");
@@ -293,6 +299,8 @@ mod tests {
             })
         );
         assert!(parse_with(&["probe"], &[]).is_err());
+        assert!(parse_with(&["probe", "u", "v"], &[]).is_err());
+        assert!(parse_with(&["probe", "-x"], &[]).is_err());
         assert!(parse_with(&["probe", "u", "--timeout-ms", "0"], &[]).is_err());
         assert!(config(&["--access-log"], &[]).access_log);
         assert!(config(&[], &[("FIBD_ACCESS_LOG", "1")]).access_log);
