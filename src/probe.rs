@@ -150,6 +150,9 @@ mod tests {
         assert!(get_status(addr, "/", timeout).is_err());
         let addr = answer_in_pieces(&[b"SSH-2.0-OpenSSH_9.2\r\n"]);
         assert!(get_status(addr, "/", timeout).is_err());
+        // A status code behind another protocol's version is not an HTTP answer either.
+        let addr = answer_in_pieces(&[b"RTSP/1.0 200 OK\r\n\r\n"]);
+        assert!(get_status(addr, "/", timeout).is_err());
         // A line longer than any status line is cut at the bound and judged on its start.
         let addr = answer_in_pieces(&[&[b'x'; 2 * STATUS_LINE_BYTES_MAX]]);
         assert!(get_status(addr, "/", timeout).is_err());
@@ -200,5 +203,8 @@ mod tests {
         assert!(Target::parse("http://[::1]x/").is_err());
         assert!(Target::parse("http://[::1/").is_err());
         assert!(Target::parse("http://[::1]:/").is_err());
+        // The path is sent as is in the request line, so it must not break the line.
+        assert!(Target::parse("http://127.0.0.1/a b").is_err());
+        assert!(Target::parse("http://127.0.0.1/a\u{1}").is_err());
     }
 }

@@ -137,6 +137,39 @@ pub fn run(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_wildcard_bind_is_probed_on_loopback_and_any_other_address_as_bound() {
+        for (bound, probed) in [
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("[::]:8080", "[::1]:8080"),
+            ("10.1.2.3:8080", "10.1.2.3:8080"),
+            ("[fd00::1]:8080", "[fd00::1]:8080"),
+        ] {
+            let bound: SocketAddr = bound.parse().unwrap();
+            assert_eq!(probe_address(bound).to_string(), probed, "{bound}");
+        }
+    }
+
+    #[test]
+    fn probe_interval_and_deaf_window_follow_the_idle_timeout() {
+        let idle = Duration::from_secs(15);
+        assert_eq!(
+            interval(idle),
+            Duration::from_millis(limits::PROBE_INTERVAL_MS)
+        );
+        // A short idle timeout probes three times within it.
+        assert_eq!(
+            interval(Duration::from_millis(300)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            deaf_after(idle),
+            idle * limits::PROBE_FAILING_IDLE_TIMEOUTS
+                + Duration::from_millis(limits::PROBE_TIMEOUT_MS)
+        );
+        assert_eq!(deaf_after(idle), Duration::from_secs(35));
+    }
+
     /// Feeds outcomes spaced `step` apart; returns the index of the probe that made the
     /// verdict deaf, if any.
     fn first_deaf(deaf_after: Duration, step: Duration, outcomes: &[bool]) -> Option<usize> {
