@@ -193,6 +193,24 @@ mod tests {
     }
 
     #[test]
+    fn a_long_healthy_past_does_not_delay_the_verdict() {
+        // An hour of good probes, then the server goes deaf. The window forgets probes older
+        // than 9 s, so the verdict comes at the 16th failure, when 16 of the 19 probes of the
+        // last 9 s have failed (84%, the 15th makes 79%); a window that kept the hour would
+        // not reach 80% failed for four hours.
+        let mut outcomes = vec![true; 7_200];
+        outcomes.extend([false; 40]);
+        assert_eq!(
+            first_deaf(
+                Duration::from_secs(9),
+                Duration::from_millis(500),
+                &outcomes
+            ),
+            Some(7_200 + 15)
+        );
+    }
+
+    #[test]
     fn slow_failures_still_reach_a_verdict() {
         // Each failure takes a 5 s timeout plus the interval: a 9 s window alone would never
         // hold five of them.
