@@ -208,6 +208,16 @@ mod tests {
             ),
             Some(7_200 + 15)
         );
+        // The same with probes 700 ms apart, so that no probe is ever exactly as old as the
+        // window (which a real clock never meets either).
+        let mut outcomes = vec![true; 5_000];
+        outcomes.extend([false; 40]);
+        let at = first_deaf(
+            Duration::from_secs(9),
+            Duration::from_millis(700),
+            &outcomes,
+        );
+        assert!(at.is_some_and(|i| i < 5_000 + 14), "{at:?}");
     }
 
     #[test]
