@@ -7,8 +7,9 @@
 # /etc/conf.d/fibd, passes its health checks on an address other than
 # 127.0.0.1, runs as fibd, is respawned after kill -9 with the state intact
 # (more often than supervise-daemon's default limit of 10 allows), logs to
-# /var/log/fibd (rotated by the shipped logrotate snippet), stops cleanly, and
-# starts again from a state file restored as root.
+# /var/log/fibd (rotated by the shipped logrotate snippet), stops cleanly,
+# starts again from a state file restored as root, and refuses --listen or
+# --state-file in FIBD_OPTS.
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -162,3 +163,21 @@ else
         "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ') log: $(head -c 100 "$root/var/log/fibd/fibd.log" | tr -d '\0' | tr '\n' ' ')"
 fi
 inns rc-service fibd stop >/dev/null 2>&1 || true
+
+# FIBD_OPTS may carry other flags, but not the address (the health check probes
+# FIBD_LISTEN) nor the state file (start_pre's ownership fix, the install and
+# the docs all mean /var/lib/fibd/fibd.state): start_pre refuses both.
+cp "$root/etc/conf.d/fibd" "$WORK/confd.saved"
+for opts in "--listen 127.0.0.1:$port" "--state-file=/var/lib/fibd/other.state"; do
+    flag=${opts%%[ =]*}
+    sed -i "s|^FIBD_OPTS=.*|FIBD_OPTS=\"--workers 2 $opts\"|" "$root/etc/conf.d/fibd"
+    rc=0
+    out=$(inns rc-service fibd start 2>&1) || rc=$?
+    if [ "$rc" != 0 ] && [[ $out == *"$flag"* ]] && [ -z "$(child 2>/dev/null || true)" ]; then
+        pass "refuses $flag in FIBD_OPTS"
+    else
+        fail "refuses $flag in FIBD_OPTS" "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+    fi
+    inns rc-service fibd stop >/dev/null 2>&1 || true
+done
+cp "$WORK/confd.saved" "$root/etc/conf.d/fibd"
