@@ -92,6 +92,10 @@ pub fn run(
     // What the last scan shut down. A write hung up on fails, its connection is abandoned,
     // and the edge asks for it to be hung up on again: that second scan is spared.
     let mut last_shut_down = HashSet::new();
+    // The sockets shut down so far and still open (tiny_http closes one only once every reply
+    // it queued for it is dropped): asked for again, as a flood's backlog makes the edge do,
+    // they are neither shut down nor counted twice.
+    let mut shut_sockets = HashSet::new();
     while !stopping() {
         let _ = hang_ups.rung.recv_timeout(poll);
         for peer in hang_ups.take() {
@@ -110,8 +114,13 @@ pub fn run(
         let mut targets = pending.clone();
         targets.extend(overdue.iter().map(|write| write.peer));
         let scan_started = Instant::now();
-        let scan = hang_up(&targets, local_port);
+        let scan = hang_up(&targets, local_port, &shut_sockets);
         on_hung_up(scan.shut_down.len());
+        if scan.complete {
+            shut_sockets = scan.shut_sockets;
+        } else {
+            shut_sockets.extend(scan.shut_sockets);
+        }
         for write in overdue {
             if !scan.shut_down.contains(&write.peer) {
                 hang_ups.writes.not_hung_up(write);
@@ -276,15 +285,20 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct Scan {
     /// The peers whose connections were shut down.
     pub shut_down: HashSet<SocketAddr>,
+    /// The inodes of the sockets this scan shut down, and of those of `already_shut` it found
+    /// still open.
+    pub shut_sockets: HashSet<u64>,
     /// Whether every descriptor was looked at: false when /proc could not be read, or a
     /// descriptor could not be copied for want of a free one.
     pub complete: bool,
 }
 
-/// Shuts down the sockets connected to `local_port` from any of `peers`.
-pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16) -> Scan {
+/// Shuts down the sockets connected to `local_port` from any of `peers`, but for those whose
+/// inodes are in `already_shut`.
+pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16, already_shut: &HashSet<u64>) -> Scan {
     let mut scan = Scan {
         shut_down: HashSet::new(),
+        shut_sockets: HashSet::new(),
         complete: true,
     };
     let Ok(descriptors) = process::descriptors() else {
@@ -292,17 +306,21 @@ pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16) -> Scan {
         return scan;
     };
     for descriptor in descriptors {
-        let fd = match descriptor {
+        let (fd, inode) = match descriptor {
             Ok(Descriptor {
                 fd,
-                socket_inode: Some(_),
-            }) => fd,
+                socket_inode: Some(inode),
+            }) => (fd, inode),
             Ok(_) => continue,
             Err(_) => {
                 scan.complete = false;
                 continue;
             }
         };
+        if already_shut.contains(&inode) {
+            scan.shut_sockets.insert(inode);
+            continue;
+        }
         // The descriptor is tiny_http's, and may be closed, and its number reused, at any
         // moment. A copy of our own pins whichever socket it names now; everything after is
         // asked of that socket, so a reused number cannot make us shut down the wrong one.
@@ -324,6 +342,7 @@ pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16) -> Scan {
             && socket.shutdown(Shutdown::Both).is_ok()
         {
             scan.shut_down.insert(peer);
+            scan.shut_sockets.insert(inode);
         }
     }
     scan
@@ -381,7 +400,7 @@ mod tests {
         let (mut kept, _served_kept, _) = connect(&listener);
         // The client end of `abandoned` is not a connection to `port`, so only the accepted
         // end is shut down.
-        let scan = hang_up(&HashSet::from([abandoned_peer]), port);
+        let scan = hang_up(&HashSet::from([abandoned_peer]), port, &HashSet::new());
         assert!(scan.complete);
         assert_eq!(scan.shut_down, HashSet::from([abandoned_peer]));
         abandoned
@@ -411,6 +430,27 @@ mod tests {
         ));
         let _late = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         assert!(listener.accept().is_ok(), "still listening");
+    }
+
+    #[test]
+    fn a_socket_already_shut_down_is_not_shut_down_or_counted_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (_client, served, peer) = connect(&listener);
+        let peers = HashSet::from([peer]);
+        let first = hang_up(&peers, port, &HashSet::new());
+        assert_eq!(first.shut_down, peers);
+        assert_eq!(first.shut_sockets.len(), 1, "the served end only");
+        // Asked again while the socket is still open (as tiny_http keeps it until its queued
+        // requests are dropped): it is remembered, not shut down again.
+        let second = hang_up(&peers, port, &first.shut_sockets);
+        assert!(second.complete);
+        assert!(second.shut_down.is_empty());
+        assert_eq!(second.shut_sockets, first.shut_sockets);
+        // Once closed, it is forgotten.
+        drop(served);
+        let third = hang_up(&peers, port, &second.shut_sockets);
+        assert!(third.shut_down.is_empty() && third.shut_sockets.is_empty());
     }
 
     /// Runs the hang-up thread over `hang_ups` for connections to `port` until the returned
