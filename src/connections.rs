@@ -36,6 +36,10 @@ pub enum Admit<T> {
     /// of that address in flight: answer it with a refusal, never serve it. It is now the
     /// request in flight, and `finish` is called for it as for any other.
     Refuse(T),
+    /// Like `Drop` with no reason, but its address has now had more than
+    /// `PIPELINED_PER_CONNECTION_MAX` requests dropped since it was abandoned or last hung up
+    /// on: drop it, and hang up on the address (again).
+    DropAndHangUp(T),
 }
 
 /// What to do after a connection's request in flight has been answered.
@@ -163,6 +167,8 @@ struct Abandonment {
     seen: Instant,
     /// Whether a refusal could not be written to it, so that nothing more is.
     silent: bool,
+    /// Requests from its address dropped unanswered since it was abandoned or last hung up on.
+    dropped: usize,
 }
 
 struct Shard<T> {
@@ -247,6 +253,17 @@ impl<T> Connections<T> {
                 connection.in_flight = true;
                 return Admit::Refuse(request);
             }
+            // tiny_http parses and queues whatever a client sends, without a bound, and only a
+            // hang-up stops it reading. A connection abandoned for its framing is not hung up
+            // on, so that its refusals can be written, and a new connection may reuse the
+            // address of one that was; either can pipeline a flood whose every request lands
+            // here. Counting them bounds the flood as `PIPELINED_PER_CONNECTION_MAX` bounds an
+            // ordinary connection's.
+            abandonment.dropped += 1;
+            if abandonment.dropped > limits::PIPELINED_PER_CONNECTION_MAX {
+                abandonment.dropped = 0;
+                return Admit::DropAndHangUp(request);
+            }
             return Admit::Drop(vec![request], None);
         }
         if !connection.in_flight {
@@ -324,6 +341,7 @@ impl<T> Connections<T> {
             since: now,
             seen: now,
             silent: false,
+            dropped: 0,
         });
         self.waiting_total
             .fetch_sub(connection.waiting.len(), Ordering::Relaxed);
@@ -459,6 +477,50 @@ mod tests {
         // Later requests of the abandoned connection are dropped too, silently.
         assert!(matches!(table.admit(peer(1), 4, now), Admit::Drop(d, None) if d == vec![4]));
         assert_eq!(table.waiting_total.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_flood_on_an_abandoned_address_is_hung_up_on_every_pipelining_bound() {
+        let (table, now) = table();
+        let max = limits::PIPELINED_PER_CONNECTION_MAX as u32;
+        // Abandoned for its framing, so not hung up on: what it pipelines behind the refusal
+        // in flight is dropped, and past the bound the address is hung up on.
+        let _ = table.admit(peer(1), 0, now);
+        let _ = table.finish(peer(1), Err(Abandoned::FramingLost), now);
+        assert!(matches!(table.admit(peer(1), 0, now), Admit::Refuse(0)));
+        // Abandoned for not reading, and hung up on then: a new connection on its address
+        // floods.
+        let _ = table.admit(peer(2), 0, now);
+        let _ = table.finish(peer(2), Err(Abandoned::NotReading), now);
+        for client in [peer(1), peer(2)] {
+            for round in 0..3 {
+                for n in 1..=max {
+                    let admitted = table.admit(client, n, now);
+                    assert!(
+                        matches!(admitted, Admit::Drop(ref d, None) if *d == vec![n]),
+                        "{client:?}: request {n} of round {round} is only dropped"
+                    );
+                }
+                let admitted = table.admit(client, max + 1, now);
+                assert!(
+                    matches!(admitted, Admit::DropAndHangUp(m) if m == max + 1),
+                    "{client:?}: round {round} ends in a hang-up"
+                );
+            }
+        }
+        // A refusal written does not reset the count: a client that reads them cannot hide a
+        // flood between them.
+        assert!(matches!(table.finish(peer(1), Ok(()), now), Finish::Idle));
+        assert!(matches!(table.admit(peer(1), 0, now), Admit::Refuse(0)));
+        for n in 1..=max {
+            assert!(matches!(table.admit(peer(1), n, now), Admit::Drop(..)));
+        }
+        assert!(matches!(table.finish(peer(1), Ok(()), now), Finish::Idle));
+        assert!(matches!(table.admit(peer(1), 0, now), Admit::Refuse(0)));
+        assert!(matches!(
+            table.admit(peer(1), 1, now),
+            Admit::DropAndHangUp(1)
+        ));
     }
 
     #[test]

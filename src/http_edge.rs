@@ -1032,6 +1032,11 @@ fn dispatch(edge: &Edge, request: Request) {
                 edge.drop_unanswered(peer.addr(), dropped, abandoned);
                 return;
             }
+            Admit::DropAndHangUp(routed) => {
+                edge.hang_ups.request(peer.addr());
+                edge.drop_unanswered(peer.addr(), vec![routed], None);
+                return;
+            }
             Admit::Refuse(routed) => {
                 let (request, format, mut meta) = routed.into_parts();
                 meta.step = false;

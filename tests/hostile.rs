@@ -385,6 +385,65 @@ fn what_follows_a_request_of_unclear_end_is_refused_out_loud() {
 }
 
 #[test]
+fn a_flood_behind_a_request_of_unclear_end_is_hung_up_on() {
+    // The refusals that follow a request of unclear end are written, so its connection is not
+    // hung up on when it is abandoned. A client that reads them while it pipelines a flood
+    // would have tiny_http parse and queue all of the flood, however large; fibd hangs up once
+    // it has dropped as many as one connection may pipeline, long before the idle timeout (a
+    // minute here) would end the connection.
+    let dir = TempDir::new("framingflood");
+    let server = Server::start(&dir.join("fibd.state"), &["--idle-timeout-ms", "60000"]);
+    let mut stream = connect(server.addr);
+    let mut reader = stream.try_clone().unwrap();
+    let (ended_tx, ended) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut received = Vec::new();
+        let mut chunk = [0; 4096];
+        let end = loop {
+            match reader.read(&mut chunk) {
+                Ok(0) => break Ok(()),
+                Ok(n) => received.extend_from_slice(&chunk[..n]),
+                Err(err) => break Err(err.kind()),
+            }
+        };
+        let _ = ended_tx.send((end, received));
+    });
+    stream
+        .write_all(b"GET /current HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .unwrap();
+    common::wait_until("the connection was not abandoned", || {
+        server.log_text().contains("reason=framing_lost")
+    });
+    // Every request of the flood is either refused or, while a refusal is in flight, dropped:
+    // at least half of them dropped, four times the bound.
+    let flood = "POST /next HTTP/1.1\r\nHost: t\r\n\r\n"
+        .repeat(fibd::limits::PIPELINED_PER_CONNECTION_MAX * 8);
+    // Writing may fail once fibd has hung up.
+    let _ = stream.write_all(flood.as_bytes());
+    let (end, received) = ended
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the connection was not ended");
+    assert!(
+        end.is_ok() || end == Err(std::io::ErrorKind::ConnectionReset),
+        "{end:?}"
+    );
+    let received = String::from_utf8_lossy(&received);
+    assert!(received.starts_with("HTTP/1.1 400"), "{received:.200}");
+    assert!(!received.contains("HTTP/1.1 200"), "a request was served");
+    assert_eq!(server.value("/current"), "0");
+    let log = server.log_text();
+    assert!(
+        !log.contains("reason=pipelined_too_deep") && !log.contains("reason=not_reading"),
+        "hung up on for another reason:\n{log}"
+    );
+    let metrics = server.get("/metrics").body;
+    assert!(
+        metrics.contains("\nfibd_connections_hung_up_total 1\n"),
+        "{metrics}"
+    );
+}
+
+#[test]
 fn an_http_0_9_request_line_is_refused_and_nothing_after_it_is_served() {
     let dir = TempDir::new("http09");
     let server = Server::start(&dir.join("fibd.state"), &[]);
