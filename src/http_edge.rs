@@ -620,11 +620,10 @@ impl Routed {
     }
 }
 
-/// What a step carries through the state owner to its responder.
+/// What a step carries through the state owner to a responder.
 pub struct Ticket {
     request: Request,
     format: Format,
-    responder: usize,
     meta: Meta,
 }
 
@@ -644,18 +643,18 @@ pub struct Started {
     pub replies: StepReplies,
 }
 
-/// The step responders' queues, one per responder.
+/// The step responders' queue, which they all take from.
 pub struct StepReplies {
-    queues: Vec<Sender<(Ticket, Outcome)>>,
+    queue: Sender<(Ticket, Outcome)>,
 }
 
 impl StepReplies {
-    /// Hands a finished step to the responder of its connection. A full queue blocks, which
-    /// is the back-pressure that keeps replies bounded.
+    /// Hands a finished step to the responders. A full queue blocks, which is the
+    /// back-pressure that keeps replies bounded.
     pub fn deliver(&self, ticket: Ticket, outcome: Outcome) {
         // A responder only ends after every sender is gone, so this cannot fail while the
         // state owner runs.
-        let sent = self.queues[ticket.responder].send((ticket, outcome));
+        let sent = self.queue.send((ticket, outcome));
         assert!(
             sent.is_ok(),
             "a step responder ended while the state owner runs"
@@ -679,10 +678,12 @@ pub fn start(
         handles.push(spawn(&format!("worker-{id}"), move || work(&edge, rx))?);
     }
 
-    let mut reply_txs = Vec::with_capacity(limits::STEP_RESPONDERS);
+    // One queue for all responders: a connection has one request in flight at a time, so its
+    // replies keep their order whichever responder writes them, and a client that does not
+    // read holds up the one responder writing to it, not the replies queued behind.
+    let (reply_tx, reply_rx) = bounded::<(Ticket, Outcome)>(limits::REPLY_QUEUE_MAX);
     for id in 0..limits::STEP_RESPONDERS {
-        let (tx, rx) = bounded::<(Ticket, Outcome)>(limits::REPLY_QUEUE_MAX);
-        let edge = Arc::clone(edge);
+        let (edge, rx) = (Arc::clone(edge), reply_rx.clone());
         handles.push(spawn(&format!("responder-{id}"), move || {
             for (ticket, outcome) in rx {
                 let reply = match outcome {
@@ -693,8 +694,8 @@ pub fn start(
                 edge.answer(ticket.request, reply, ticket.meta);
             }
         })?);
-        reply_txs.push(tx);
     }
+    drop(reply_rx);
 
     let local_port = listener.local_addr()?.port();
     let edge_for_hang_up = Arc::clone(edge);
@@ -728,7 +729,7 @@ pub fn start(
     Ok(Started {
         threads: handles,
         steps: steps_rx,
-        replies: StepReplies { queues: reply_txs },
+        replies: StepReplies { queue: reply_tx },
     })
 }
 
@@ -1011,11 +1012,9 @@ fn dispatch(edge: &Edge, request: Request) {
     let routed = match route {
         Ok(Route::Step(step)) => {
             meta.step = true;
-            let responder = request.remote_addr().map_or(0, responder_for);
             let ticket = Ticket {
                 request,
                 format,
-                responder,
                 meta,
             };
             Routed::Step(StepRequest { step, ticket })
@@ -1049,16 +1048,6 @@ fn dispatch(edge: &Edge, request: Request) {
     if let Some((request, reply, meta)) = edge.forward(routed) {
         edge.answer(request, reply, meta);
     }
-}
-
-/// The step responder for a connection. Sharding replies by connection keeps one connection's
-/// replies on one responder, and so in order. Linux gives `connect` even ephemeral ports, so
-/// the port's low bit would put nearly every client on one responder; a multiplicative
-/// (Fibonacci) hash of the port spreads them.
-fn responder_for(peer: &SocketAddr) -> usize {
-    const GOLDEN_RATIO_32: u32 = 0x9E37_79B9; // 2^32 divided by the golden ratio
-    let mixed = u32::from(peer.port()).wrapping_mul(GOLDEN_RATIO_32);
-    (mixed >> 16) as usize % limits::STEP_RESPONDERS
 }
 
 /// A worker: answers every route except steps, until the work queue closes.
@@ -1316,23 +1305,5 @@ mod tests {
         assert_eq!((reply.status, reply.no_store), (503, true));
         assert!(reply.body.contains("shutting down"), "{}", reply.body);
         assert!(!meta.persists, "the reply says Connection: close");
-    }
-
-    #[test]
-    fn step_replies_spread_over_every_responder_even_from_even_ports() {
-        // Linux's `connect` picks even ephemeral ports; odd ones come from explicit binds.
-        for parity in [0, 1] {
-            let mut per_responder = [0usize; limits::STEP_RESPONDERS];
-            for port in (32_768u16..60_999).filter(|p| p % 2 == parity) {
-                let peer = SocketAddr::from(([127, 0, 0, 1], port));
-                per_responder[responder_for(&peer)] += 1;
-            }
-            let (least, most) = (per_responder.iter().min(), per_responder.iter().max());
-            let (least, most) = (*least.unwrap(), *most.unwrap());
-            assert!(
-                least * 10 >= most * 9,
-                "ports of parity {parity} spread unevenly: {per_responder:?}"
-            );
-        }
     }
 }

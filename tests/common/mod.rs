@@ -271,8 +271,13 @@ pub fn write_state(path: &Path, index: u64) {
 }
 
 /// Polls `done` until it holds; panics with `what` if it does not within 5 s.
-pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+pub fn wait_until(what: &str, done: impl FnMut() -> bool) {
+    wait_until_for(Duration::from_secs(5), what, done);
+}
+
+/// Polls `done` until it holds; panics with `what` if it does not within `limit`.
+pub fn wait_until_for(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "{what}");
         std::thread::sleep(Duration::from_millis(5));
