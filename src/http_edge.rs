@@ -177,6 +177,8 @@ pub struct Edge {
     stopping: AtomicBool,
     /// Accept loops that failed but still serve the connections they had.
     retired_loops: AtomicUsize,
+    /// Retired accept loops whose threads ended, oldest first (`RETIRED_IDLE_TIMEOUTS`).
+    buried_loops: Mutex<std::collections::VecDeque<Arc<Server>>>,
     idle_timeout: Duration,
     /// Which connections have a request in flight, and what they pipelined behind it.
     connections: Connections<Routed>,
@@ -228,6 +230,7 @@ impl Edge {
             access_log,
             stopping: AtomicBool::new(false),
             retired_loops: AtomicUsize::new(0),
+            buried_loops: Mutex::default(),
             idle_timeout,
             connections: Connections::new(
                 idle_timeout * limits::ABANDONED_IDLE_TIMEOUTS,
@@ -248,6 +251,15 @@ impl Edge {
 
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Keeps a retired accept loop whose thread is ending, for `poll_buried`.
+    fn bury(&self, server: Arc<Server>) {
+        let mut buried = self.buried_loops.lock().expect("buried loops lock");
+        if buried.len() == limits::BURIED_ACCEPT_LOOPS_MAX {
+            buried.pop_front();
+        }
+        buried.push_back(server);
     }
 
     /// Our listening sockets: the bound one. Each accept loop's copy of it is a descriptor of
@@ -715,6 +727,11 @@ pub fn start(
         );
     })?);
 
+    let edge_for_graveyard = Arc::clone(edge);
+    handles.push(spawn("graveyard", move || {
+        poll_buried(&edge_for_graveyard);
+    })?);
+
     *edge.queues.lock().expect("queues lock") = Some(Queues {
         work: work_tx,
         steps: steps_tx,
@@ -731,6 +748,30 @@ pub fn start(
         steps: steps_rx,
         replies: StepReplies { queue: reply_tx },
     })
+}
+
+/// Routes the requests that buried accept loops queued, every `BURIED_POLL_MS`, until
+/// shutdown, and once more then. A connection of a retired loop that trickled its request for
+/// longer than the loop's thread waited would otherwise have it queued where no one looks,
+/// and when the connection ended, tiny_http would drop the request with a 500.
+fn poll_buried(edge: &Edge) {
+    let poll = Duration::from_millis(limits::BURIED_POLL_MS);
+    loop {
+        let stopping = edge.is_stopping();
+        let mut requests = Vec::new();
+        for server in edge.buried_loops.lock().expect("buried loops lock").iter() {
+            while let Ok(Some(request)) = server.try_recv() {
+                requests.push(request);
+            }
+        }
+        for request in requests {
+            dispatch(edge, request);
+        }
+        if stopping {
+            return;
+        }
+        thread::sleep(poll);
+    }
 }
 
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> io::Result<JoinHandle<()>> {
@@ -776,6 +817,7 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
         let retired = move || {
             let idle = edge_for_retired.idle_timeout * limits::RETIRED_IDLE_TIMEOUTS;
             let _ = serve(&edge_for_retired, &server_for_retired, Some(idle));
+            edge_for_retired.bury(server_for_retired);
             edge_for_retired
                 .retired_loops
                 .fetch_sub(1, Ordering::AcqRel);

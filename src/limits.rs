@@ -108,9 +108,18 @@ pub const SHED_CONNECTIONS_MAX: u64 = 1024;
 /// its connections have gone idle; past this many, something is badly wrong and we exit so the
 /// supervisor starts a clean process.
 pub const RETIRED_ACCEPT_LOOPS_MAX: usize = 64;
-/// A retired accept loop whose connections sent nothing for this many idle timeouts has none
-/// left alive (each would have timed out), so its thread can end.
+/// A retired accept loop whose connections sent nothing for this many idle timeouts has most
+/// likely none left alive (an idle one would have timed out), so its thread can end. One that
+/// trickles its request a byte at a time outlives any such period, so the loop is then
+/// buried: polled, rarely, by one thread for all of them.
 pub const RETIRED_IDLE_TIMEOUTS: u32 = 2;
+/// Buried accept loops kept. Each is a few hundred bytes; loops retire only when descriptors
+/// or threads run out, a few per such event. Past this many, the oldest is let go, and
+/// tiny_http answers 500 to any request one of its connections still sends.
+pub const BURIED_ACCEPT_LOOPS_MAX: usize = 1024;
+/// How often the buried accept loops are polled: a request on one waits this long at most,
+/// and arrives rarely, from a connection quiet for two idle timeouts.
+pub const BURIED_POLL_MS: u64 = 100;
 
 /// The watchdog probes our own listening socket this often, or every third of the idle
 /// timeout if that is shorter: the probe also keeps `accept` from ever sitting idle for a whole

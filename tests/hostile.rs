@@ -607,6 +607,47 @@ fn a_connection_flood_past_the_descriptor_limit_is_survived() {
 }
 
 #[test]
+fn a_request_trickled_past_its_failed_accept_loop_is_still_answered() {
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("buried");
+    let idle = Duration::from_millis(1000);
+    let (_child, log, _reader, addr) =
+        start_with_fd_limit(96, idle.as_millis() as u32, &dir.join("fibd.state"));
+    // A connection of the first accept loop, which has begun its next request.
+    let mut early = connect(addr);
+    early
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut reader = BufReader::new(early.try_clone().unwrap());
+    early
+        .write_all(b"GET /current HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_reply(&mut reader, false).map(|r| r.status), Some(200));
+    early
+        .write_all(b"GET /current HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    // Descriptors run out, and that loop fails and is retired.
+    let flood: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
+        .collect();
+    common::wait_until("the accept loop did not fail", || {
+        log.lock().unwrap().contains("event=accept_failed")
+    });
+    drop(flood);
+    // The request arrives a header line at a time, each inside the idle timeout, for longer
+    // than the retired loop's thread waits for its connections' requests.
+    let trickled = Instant::now();
+    while trickled.elapsed() < idle * (fibd::limits::RETIRED_IDLE_TIMEOUTS + 1) {
+        std::thread::sleep(idle / 3);
+        early.write_all(b"X-Trickle: 1\r\n").unwrap();
+    }
+    early.write_all(b"\r\n").unwrap();
+    let reply = read_reply(&mut reader, false);
+    let log = log.lock().unwrap().clone();
+    assert_eq!(reply.map(|r| r.status), Some(200), "{log}");
+}
+
+#[test]
 fn a_server_that_can_no_longer_accept_exits_non_zero_instead_of_staying_deaf() {
     let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new("deaf");
