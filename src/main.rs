@@ -166,8 +166,13 @@ fn serve(config: Config) -> ExitCode {
 
     let (events_tx, events_rx) = bounded::<Event>(16);
     let signal_tx = events_tx.clone();
+    // Only the first signal is queued. The rest change nothing, and a queue full of them would
+    // leave no room for a failure while stopping, which must still end the process non-zero.
+    let mut signalled = false;
     if let Err(err) = ctrlc::set_handler(move || {
-        let _ = signal_tx.try_send(Event::Signal);
+        if !std::mem::replace(&mut signalled, true) {
+            let _ = signal_tx.try_send(Event::Signal);
+        }
     }) {
         log::error("signal_handler_failed", &[("error", &err)]);
         return ExitCode::FAILURE;
