@@ -304,6 +304,25 @@ impl Edge {
         }
     }
 
+    /// Writes a refusal `forward` returned to the acceptor: through a worker while the work
+    /// queue has room (a step refused for a stalled disk or a full step queue), so that a
+    /// client that does not read holds up one worker for a send timeout at most, not the
+    /// acceptor and every request behind it; itself only when that queue is full too.
+    fn refuse_from_acceptor(&self, request: Request, reply: Reply, meta: Meta) {
+        let job = Job::Reject(request, Box::new(reply), meta);
+        let job = match self.queues.lock().expect("queues lock").as_ref() {
+            Some(queues) => match queues.work.try_send(job) {
+                Ok(()) => return,
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => job,
+            },
+            None => job,
+        };
+        let Job::Reject(request, reply, meta) = job else {
+            unreachable!("the job made above is a rejection");
+        };
+        self.answer(request, *reply, meta);
+    }
+
     /// Sends a request on to its queue. When the queue is full, or closed by shutdown, or the
     /// request is a step while the disk is stalled, returns the 503 the caller is to write
     /// instead.
@@ -1088,7 +1107,7 @@ fn dispatch(edge: &Edge, request: Request) {
         },
     };
     if let Some((request, reply, meta)) = edge.forward(routed) {
-        edge.answer(request, reply, meta);
+        edge.refuse_from_acceptor(request, reply, meta);
     }
 }
 
@@ -1182,6 +1201,15 @@ mod tests {
             steps_rx.try_recv().is_err(),
             "the step was queued behind the stall"
         );
+        // The refusal is written by a worker, so that a client that does not read it cannot
+        // hold up the acceptor.
+        match work_rx.try_recv() {
+            Ok(Job::Reject(request, reply, meta)) => {
+                assert!(reply.body.contains("a stalled disk"), "{}", reply.body);
+                edge.answer(request, *reply, meta);
+            }
+            _ => panic!("the refusal was not queued for a worker"),
+        }
         assert!(counted(&edge, "/next", 503));
         assert_eq!(edge.metrics.requests_shed.load(Ordering::Relaxed), 0);
         dispatch(&edge, get("/current", 40_103));

@@ -4,8 +4,9 @@
 # supervisor, and start again from the file. Also a failure at start-up (the fdatasync of the
 # state it recovered), one while a SIGTERM drains the last steps, and a disk that stalls
 # (an fdatasync that does not return): it must show in /metrics and /readyz, leave reads
-# answering, make a stop exit 1, and, once the disk answers, leave fibd ready again; and a
-# failed fsync of the state file's directory at start-up. The unit tests inject the same
+# answering, make a stop exit 1, and, once the disk answers, leave fibd ready again; a
+# failed fsync of the state file's directory at start-up; and, during a stall, a client that
+# does not read its refusals, which must not hold up reads. The unit tests inject the same
 # faults below the file API; this is the whole process, signals and exit codes included.
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -191,3 +192,54 @@ check_eq "a failed fsync of the state file's directory at start-up exits 1" "$rc
 check "it says which operation on which file failed" \
     grep -q "event=state_file_unusable .*fsync directory of state file.*$state" "$WORK/stderr-start" || true
 check "the fsync that failed was the directory's" grep -q "^[0-9]* *fsync([0-9]*<$WORK>) = -1 EIO" "$WORK/trace-start" || true
+
+# 7. During a stall, a client that steps and reads none of the refusals, until one cannot be
+# written, holds up one worker: the acceptor, which refuses the steps, hands the writes on to
+# the workers, and reads go on. (Written by the acceptor itself, every request would wait
+# behind the stuck one until the hang-up, 1.5 s on.)
+start_fibd || { fail "fibd starts" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"; exit 0; }
+inject fdatasync:delay_enter=15000000 || { fail "strace attaches"; exit 0; }
+step_in_background
+# Once the commit has run 1 s, steps are refused at once rather than queued behind it.
+check "the disk stalls" wait_for 3 not_ready_stalled || true
+# refused: steps refused so far.
+refused() {
+    curl -s "$base/metrics" |
+        awk '$1 == "fibd_requests_total{route=\"/next\",code=\"503\"}" { n = $2 } END { print n + 0 }'
+}
+(
+    while :; do
+        curl -s -o /dev/null -w '%{time_total}\n' --max-time 10 "$base/current"
+        sleep 0.05
+    done
+) >"$WORK/read-seconds" &
+prober=$!
+on_exit "kill_wait $prober"
+exec 7<>"/dev/tcp/127.0.0.1/${base##*:}"
+# Half the pipelining bound at a time, each once the last is refused: never abandoned for
+# pipelining, so the buffers fill until a refusal cannot be written.
+window=$(for _ in $(seq 64); do printf 'POST /next HTTP/1.1\r\nHost: t\r\n\r\n'; done)
+sent=$(refused) stuck=no deadline=$((SECONDS + 10))
+while [ "$stuck" = no ] && [ "$SECONDS" -lt "$deadline" ]; do
+    # (The command substitution above dropped the last request's final newline.)
+    printf '%s\n' "$window" >&7
+    sent=$((sent + 64))
+    polls=0
+    while [ "$(refused)" -lt "$sent" ]; do
+        polls=$((polls + 1))
+        if [ "$polls" -ge 50 ]; then
+            stuck=yes
+            break
+        fi
+        sleep 0.01
+    done
+done
+check_eq "a refusal to the client that does not read gets stuck" "$stuck" yes || true
+# Past the send timeout, by when the stuck write has been given up on.
+sleep 2
+kill_wait "$prober"
+exec 7>&-
+slowest=$(sort -g "$WORK/read-seconds" | tail -n 1)
+check "reads went on meanwhile (slowest ${slowest:-none} s)" \
+    awk -v s="$slowest" 'BEGIN { exit !(s != "" && s < 1) }' || true
+kill_wait "$pid"
