@@ -60,7 +60,8 @@ pub enum Abandoned {
     /// More pipelined requests than `PIPELINED_PER_CONNECTION_MAX` waited behind the one in
     /// flight.
     PipelinedTooDeep,
-    /// Waiting requests of all connections together reached `PIPELINED_TOTAL_MAX`.
+    /// Waiting requests of all connections together reached `PIPELINED_TOTAL_MAX` requests or
+    /// `PIPELINED_HEAD_BYTES_MAX` bytes.
     PipelinedTotalFull,
     /// A request on it announced a body that is never read, so nothing more can follow.
     BodyUnread,
@@ -149,10 +150,17 @@ impl Hasher for DigestHasher {
     }
 }
 
+/// What a waiting request holds on to, for `PIPELINED_HEAD_BYTES_MAX`.
+pub trait Weighed {
+    /// The bytes of its head: target and header fields.
+    fn head_bytes(&self) -> usize;
+}
+
 struct Connection<T> {
     /// One request of this connection is between admission and `finish`.
     in_flight: bool,
-    waiting: VecDeque<T>,
+    /// Requests waiting behind the one in flight, with their head bytes.
+    waiting: VecDeque<(T, usize)>,
     abandoned: Option<Abandonment>,
 }
 
@@ -182,8 +190,9 @@ pub struct Connections<T> {
     /// Sharded by client address, so the acceptor and the threads finishing requests rarely
     /// wait for each other.
     shards: Vec<Mutex<Shard<T>>>,
-    /// Requests waiting in all connections together.
+    /// Requests waiting in all connections together, and the bytes of their heads.
     waiting_total: AtomicUsize,
+    waiting_head_bytes: AtomicUsize,
     /// An abandoned connection is forgotten once none of its requests arrived for this long:
     /// by then the idle timeout has closed it, and its address may be reused.
     forget_after: Duration,
@@ -195,7 +204,7 @@ pub struct Connections<T> {
 /// Shards of the table; a small power of two is plenty for a handful of threads.
 const SHARDS: usize = 16;
 
-impl<T> Connections<T> {
+impl<T: Weighed> Connections<T> {
     pub fn new(forget_after: Duration, watch_max: Duration, now: Instant) -> Connections<T> {
         let shard = || {
             Mutex::new(Shard {
@@ -207,6 +216,7 @@ impl<T> Connections<T> {
         Connections {
             shards: (0..SHARDS).map(|_| shard()).collect(),
             waiting_total: AtomicUsize::new(0),
+            waiting_head_bytes: AtomicUsize::new(0),
             forget_after,
             watch_max,
         }
@@ -270,14 +280,21 @@ impl<T> Connections<T> {
             connection.in_flight = true;
             return Admit::Go(request);
         }
+        let bytes = request.head_bytes();
         let reason = if connection.waiting.len() >= limits::PIPELINED_PER_CONNECTION_MAX {
             Abandoned::PipelinedTooDeep
         } else if self.waiting_total.fetch_add(1, Ordering::Relaxed) >= limits::PIPELINED_TOTAL_MAX
         {
             self.waiting_total.fetch_sub(1, Ordering::Relaxed);
             Abandoned::PipelinedTotalFull
+        } else if self.waiting_head_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes
+            > limits::PIPELINED_HEAD_BYTES_MAX
+        {
+            self.waiting_head_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            self.waiting_total.fetch_sub(1, Ordering::Relaxed);
+            Abandoned::PipelinedTotalFull
         } else {
-            connection.waiting.push_back(request);
+            connection.waiting.push_back((request, bytes));
             return Admit::Parked;
         };
         let mut dropped = self.abandon(connection, reason, now);
@@ -327,8 +344,9 @@ impl<T> Connections<T> {
             Self::remember_abandoned(&mut shard, peer);
             return Finish::Drop(dropped, reason);
         }
-        if let Some(next) = connection.waiting.pop_front() {
+        if let Some((next, bytes)) = connection.waiting.pop_front() {
             self.waiting_total.fetch_sub(1, Ordering::Relaxed);
+            self.waiting_head_bytes.fetch_sub(bytes, Ordering::Relaxed);
             return Finish::Next(next);
         }
         entry.remove();
@@ -345,7 +363,13 @@ impl<T> Connections<T> {
         });
         self.waiting_total
             .fetch_sub(connection.waiting.len(), Ordering::Relaxed);
-        connection.waiting.drain(..).collect()
+        let bytes: usize = connection.waiting.iter().map(|(_, bytes)| bytes).sum();
+        self.waiting_head_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        connection
+            .waiting
+            .drain(..)
+            .map(|(request, _)| request)
+            .collect()
     }
 
     /// Counts `peer`, just abandoned, in its shard. Past the shard's share of
@@ -437,9 +461,75 @@ mod tests {
     }
 
     fn table() -> (Connections<u32>, Instant) {
+        table_of()
+    }
+
+    fn table_of<T: Weighed>() -> (Connections<T>, Instant) {
         let now = Instant::now();
         let (forget_after, watch_max) = (Duration::from_secs(30), Duration::from_secs(120));
         (Connections::new(forget_after, watch_max, now), now)
+    }
+
+    /// Most tests' requests are numbers, which weigh nothing.
+    impl Weighed for u32 {
+        fn head_bytes(&self) -> usize {
+            0
+        }
+    }
+
+    /// A request with a head of this many bytes.
+    #[derive(Debug, PartialEq)]
+    struct Head(usize);
+
+    impl Weighed for Head {
+        fn head_bytes(&self) -> usize {
+            self.0
+        }
+    }
+
+    #[test]
+    fn the_heads_of_waiting_requests_are_bounded_in_bytes_across_connections() {
+        let (table, now) = table_of::<Head>();
+        let size = limits::PIPELINED_HEAD_BYTES_MAX / 100;
+        // One large head waits behind each connection's request in flight, until the bytes
+        // are used up; the count of waiting requests is far from its own bound.
+        let mut parked = 0;
+        let full = loop {
+            let client = peer(parked + 1);
+            assert!(matches!(table.admit(client, Head(0), now), Admit::Go(_)));
+            match table.admit(client, Head(size), now) {
+                Admit::Parked => parked += 1,
+                Admit::Drop(dropped, Some(Abandoned::PipelinedTotalFull)) => {
+                    assert_eq!(dropped, vec![Head(size)]);
+                    break client;
+                }
+                _ => panic!("expected it parked or refused for the bytes"),
+            }
+        };
+        assert_eq!(usize::from(parked), 100);
+        assert!(
+            table.waiting_head_bytes.load(Ordering::Relaxed) <= limits::PIPELINED_HEAD_BYTES_MAX
+        );
+        // A small head still fits, and the bytes come back as waiting requests go on.
+        assert!(matches!(table.admit(peer(1), Head(1), now), Admit::Parked));
+        assert!(matches!(table.finish(full, Ok(()), now), Finish::Idle));
+        assert!(matches!(table.finish(peer(1), Ok(()), now), Finish::Next(Head(s)) if s == size));
+        assert!(matches!(
+            table.finish(peer(1), Ok(()), now),
+            Finish::Next(Head(1))
+        ));
+        assert!(matches!(
+            table.admit(peer(1), Head(size), now),
+            Admit::Parked
+        ));
+        // Abandoning a connection gives back the bytes of what waited on it.
+        let _ = table.finish(peer(2), Err(Abandoned::NotReading), now);
+        for client in (1..=parked).filter(|&client| client != 2) {
+            let _ = table.finish(peer(client), Ok(()), now);
+        }
+        let _ = table.finish(peer(1), Ok(()), now);
+        assert_eq!(table.waiting_head_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(table.waiting_total.load(Ordering::Relaxed), 0);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{Receiver, Sender, TrySendError, bounded};
 use tiny_http::{Method, Request, Response, Server};
 
-use crate::connections::{Abandoned, Admit, Connections, Finish, Peer};
+use crate::connections::{Abandoned, Admit, Connections, Finish, Peer, Weighed};
 use crate::hang_up;
 use crate::http_response::{self, Framing};
 use crate::limits;
@@ -641,6 +641,26 @@ enum Routed {
     Step(StepRequest<Ticket>),
 }
 
+impl Weighed for Routed {
+    fn head_bytes(&self) -> usize {
+        match self {
+            Routed::Work(Job::Answer(request, ..) | Job::Reject(request, ..)) => {
+                head_bytes(request)
+            }
+            Routed::Step(step) => head_bytes(&step.ticket.request),
+        }
+    }
+}
+
+/// The bytes of a request's target and header field names and values.
+fn head_bytes(request: &Request) -> usize {
+    let fields = request.headers().iter();
+    let field_bytes: usize = fields
+        .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len())
+        .sum();
+    request.url().len() + field_bytes
+}
+
 impl Routed {
     fn into_parts(self) -> (Request, Format, Meta) {
         match self {
@@ -1169,6 +1189,18 @@ mod tests {
             .with_header(host)
             .with_remote_addr(SocketAddr::from(([127, 0, 0, 1], port)))
             .into()
+    }
+
+    #[test]
+    fn a_request_weighs_its_target_and_header_fields() {
+        let pad = Header::from_bytes("X-Pad", "a".repeat(1000)).expect("valid header");
+        let request: Request = TestRequest::new()
+            .with_path("/fib/10")
+            .with_header(Header::from_bytes("Host", "localhost").expect("valid header"))
+            .with_header(pad)
+            .into();
+        // tiny_http's test requests carry a `Content-Length: 0` of their own.
+        assert_eq!(head_bytes(&request), 7 + (4 + 9) + (5 + 1000) + (14 + 1));
     }
 
     #[test]

@@ -54,9 +54,14 @@ pub const SEND_TIMEOUT_MS: u64 = 1_500;
 /// send a handful, benchmarks a few dozen; a connection that sends more than this without
 /// reading its replies is abandoned rather than held in memory.
 pub const PIPELINED_PER_CONNECTION_MAX: usize = 128;
-/// Pipelined requests waiting across all connections: at about 1 KiB each, this keeps them
-/// under 10 MiB however many connections pipeline at once.
+/// Pipelined requests waiting across all connections, however many connections pipeline at
+/// once; `PIPELINED_HEAD_BYTES_MAX` bounds what they hold.
 pub const PIPELINED_TOTAL_MAX: usize = 8_192;
+/// Bytes of the heads (target and header fields) of those waiting requests together. A
+/// waiting request holds its whole head in tiny_http's strings, one past the head limits too
+/// (it waits for its refusal): 8,192 at the limits alone (about 24 KiB) would hold hundreds of
+/// MiB. Ordinary pipelined requests are a few hundred bytes, so the count binds first for them.
+pub const PIPELINED_HEAD_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// An abandoned connection is remembered (so its further requests are dropped or refused at
 /// once, never served) until none arrived for this many idle timeouts: by then the idle
 /// timeout has closed it, unless the client ignored the `Connection: close` it was sent.
