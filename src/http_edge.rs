@@ -516,21 +516,23 @@ impl Edge {
     /// The access log's fields for `request`, when the access log is on.
     fn access_fields(&self, request: &Request) -> Option<(String, String, String)> {
         (self.access_log && request.url() != watchdog::PROBE_TARGET).then(|| {
-            let method = request.method().as_str().to_string();
-            let mut target: String = request
-                .url()
-                .chars()
-                .take(limits::LOGGED_TARGET_CHARS_MAX)
-                .collect();
-            if target.len() < request.url().len() {
-                target.push_str("...");
-            }
+            let method = cut_for_log(request.method().as_str(), limits::LOGGED_METHOD_CHARS_MAX);
+            let target = cut_for_log(request.url(), limits::LOGGED_TARGET_CHARS_MAX);
             let remote = request
                 .remote_addr()
                 .map_or("-".to_string(), ToString::to_string);
             (method, target, remote)
         })
     }
+}
+
+/// The first `max` characters of `text`, and "..." if there were more.
+fn cut_for_log(text: &str, max: usize) -> String {
+    let mut cut: String = text.chars().take(max).collect();
+    if cut.len() < text.len() {
+        cut.push_str("...");
+    }
+    cut
 }
 
 /// Writes `reply` as the answer to `request`, spelled by `http_response` and written through

@@ -187,6 +187,9 @@ pub const COMMIT_STALLED_MS: u64 = 1_000;
 /// Characters of a request target written to the access log; a long URL is cut, so a hostile
 /// client cannot make log lines, or our memory use for them, grow without bound.
 pub const LOGGED_TARGET_CHARS_MAX: usize = 256;
+/// Characters of a request method written to the access log, for the same reason: tiny_http
+/// takes any token as a method, and the longest registered one has 17 characters.
+pub const LOGGED_METHOD_CHARS_MAX: usize = 32;
 
 /// Longest request target (path and query) served; longer ones get 414. Real targets here are
 /// under 30 bytes, and a bounded echo in error messages needs a bounded input to be cheap.

@@ -274,4 +274,29 @@ fn access_log_is_off_by_default_and_one_line_per_request_when_on() {
         !log.contains("target=/healthz?from=watchdog"),
         "the watchdog is not logged"
     );
+
+    // A client chooses the method and the target, and each control character in them takes
+    // four in the log: both are cut, so one request cannot write a line of any length.
+    let (method, target) = (
+        "\x01".repeat(5_000),
+        format!("/fib/{}", "\x01".repeat(5_000)),
+    );
+    let mut stream = common::connect(loud.addr);
+    std::io::Write::write_all(
+        &mut stream,
+        format!("{method} {target} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    let reply = common::read_reply(&mut std::io::BufReader::new(stream), false);
+    assert_eq!(reply.map(|r| r.status), Some(501));
+    common::wait_until("the long request was not logged", || {
+        loud.log_text().contains("status=501")
+    });
+    let log = loud.log_text();
+    let line = log.lines().find(|l| l.contains("status=501")).unwrap();
+    assert!(line.len() < 2_000, "a line of {} bytes", line.len());
+    assert!(
+        line.contains("...\" target=") || line.contains("...\""),
+        "{line:.300}"
+    );
 }
