@@ -112,7 +112,9 @@ check_eq "the file is as it was" "$(od -An -tx1 "$state" | md5sum)" "$before" ||
 # 3. A failure while SIGTERM drains the last steps still exits 1 (not 0), however many
 # signals came first (an impatient operator, or a supervisor repeating its stop).
 start_fibd || { fail "fibd starts" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"; exit 0; }
-inject fdatasync:error=EIO:delay_enter=500000 || { fail "strace attaches"; exit 0; }
+# The fdatasync fails 1 s in: after the last of the signals below (about 0.5 s in), and
+# inside the grace period the first of them starts (1.5 s).
+inject fdatasync:error=EIO:delay_enter=1000000 || { fail "strace attaches"; exit 0; }
 step_in_background
 # The step is in its (delayed) fdatasync when the signals arrive.
 sleep 0.2
@@ -198,7 +200,7 @@ check "the fsync that failed was the directory's" grep -q "^[0-9]* *fsync([0-9]*
 # the workers, and reads go on. (Written by the acceptor itself, every request would wait
 # behind the stuck one until the hang-up, 1.5 s on.)
 start_fibd || { fail "fibd starts" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"; exit 0; }
-inject fdatasync:delay_enter=15000000 || { fail "strace attaches"; exit 0; }
+inject fdatasync:delay_enter=30000000 || { fail "strace attaches"; exit 0; }
 step_in_background
 # Once the commit has run 1 s, steps are refused at once rather than queued behind it.
 check "the disk stalls" wait_for 3 not_ready_stalled || true
@@ -219,20 +221,21 @@ exec 7<>"/dev/tcp/127.0.0.1/${base##*:}"
 # Half the pipelining bound at a time, each once the last is refused: never abandoned for
 # pipelining, so the buffers fill until a refusal cannot be written.
 window=$(for _ in $(seq 64); do printf 'POST /next HTTP/1.1\r\nHost: t\r\n\r\n'; done)
-sent=$(refused) stuck=no deadline=$((SECONDS + 10))
+# Stuck: no refusal written for a second while some are due.
+sent=$(refused) seen=-1 moved=$SECONDS stuck=no deadline=$((SECONDS + 20))
 while [ "$stuck" = no ] && [ "$SECONDS" -lt "$deadline" ]; do
-    # (The command substitution above dropped the last request's final newline.)
-    printf '%s\n' "$window" >&7
-    sent=$((sent + 64))
-    polls=0
-    while [ "$(refused)" -lt "$sent" ]; do
-        polls=$((polls + 1))
-        if [ "$polls" -ge 50 ]; then
-            stuck=yes
-            break
-        fi
-        sleep 0.01
-    done
+    done_now=$(refused)
+    if [ "$done_now" != "$seen" ]; then
+        seen=$done_now moved=$SECONDS
+    elif [ $((SECONDS - moved)) -ge 2 ]; then
+        stuck=yes # (SECONDS counts whole seconds: 2 ticks are at least 1 s.)
+    fi
+    if [ "$done_now" -ge "$sent" ]; then
+        # (The command substitution above dropped the last request's final newline.)
+        printf '%s\n' "$window" >&7
+        sent=$((sent + 64))
+    fi
+    sleep 0.01
 done
 check_eq "a refusal to the client that does not read gets stuck" "$stuck" yes || true
 # Past the send timeout, by when the stuck write has been given up on.
