@@ -23,7 +23,8 @@ use std::collections::HashSet;
 use std::ffi::c_int;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
@@ -317,9 +318,10 @@ pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16, already_shut: &Hash
                 continue;
             }
         };
+        // Still open, so still remembered. (The listing's inode may be stale by now; it only
+        // keeps a memory alive. What is shut down below is judged by the copy's own inode.)
         if already_shut.contains(&inode) {
             scan.shut_sockets.insert(inode);
-            continue;
         }
         // The descriptor is tiny_http's, and may be closed, and its number reused, at any
         // moment. A copy of our own pins whichever socket it names now; everything after is
@@ -336,16 +338,29 @@ pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16, already_shut: &Hash
         let ours = socket
             .local_addr()
             .is_ok_and(|local| local.port() == local_port);
-        if let Ok(peer) = socket.peer_addr()
-            && ours
-            && peers.contains(&peer)
-            && socket.shutdown(Shutdown::Both).is_ok()
-        {
+        let Ok(peer) = socket.peer_addr() else {
+            continue;
+        };
+        if !ours || !peers.contains(&peer) {
+            continue;
+        }
+        let (socket, inode) = with_inode(socket);
+        if inode.is_some_and(|inode| already_shut.contains(&inode)) {
+            continue;
+        }
+        if socket.shutdown(Shutdown::Both).is_ok() {
             scan.shut_down.insert(peer);
-            scan.shut_sockets.insert(inode);
+            scan.shut_sockets.extend(inode);
         }
     }
     scan
+}
+
+/// `socket`, with the inode of the socket it is, from fstat(2) on it.
+fn with_inode(socket: TcpStream) -> (TcpStream, Option<u64>) {
+    let file = std::fs::File::from(OwnedFd::from(socket));
+    let inode = file.metadata().map(|metadata| metadata.ino()).ok();
+    (TcpStream::from(OwnedFd::from(file)), inode)
 }
 
 /// EBADF, the same number on every Linux architecture.
