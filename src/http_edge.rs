@@ -255,11 +255,17 @@ impl Edge {
 
     /// Keeps a retired accept loop whose thread is ending, for `poll_buried`.
     fn bury(&self, server: Arc<Server>) {
-        let mut buried = self.buried_loops.lock().expect("buried loops lock");
-        if buried.len() == limits::BURIED_ACCEPT_LOOPS_MAX {
-            buried.pop_front();
-        }
-        buried.push_back(server);
+        let let_go = {
+            let mut buried = self.buried_loops.lock().expect("buried loops lock");
+            let oldest = (buried.len() == limits::BURIED_ACCEPT_LOOPS_MAX)
+                .then(|| buried.pop_front())
+                .flatten();
+            buried.push_back(server);
+            oldest
+        };
+        // Outside the lock: tiny_http's `Server` connects to its own address as it is dropped,
+        // which can wait on a full listen queue.
+        drop(let_go);
     }
 
     /// Our listening sockets: the bound one. Each accept loop's copy of it is a descriptor of
@@ -864,14 +870,15 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
                 .fetch_sub(1, Ordering::AcqRel);
         };
         if let Err(err) = spawn("acceptor-retired", retired) {
-            // Threads have run out. What the loop has queued is routed now; its connections'
-            // later requests go unanswered until they time out, as no thread is left to read
-            // them. The loop no longer counts as draining, or enough of these would read as
-            // a server that can never recover.
+            // Threads have run out. What the loop has queued is routed now, and the loop is
+            // buried at once: its connections' later requests wait for the graveyard's polls.
+            // It no longer counts as draining, or enough of these would read as a server that
+            // can never recover.
             log::warn("retired_accept_loop_failed", &[("error", &err)]);
             while let Ok(Some(request)) = server.try_recv() {
                 dispatch(edge, request);
             }
+            edge.bury(server);
             edge.retired_loops.fetch_sub(1, Ordering::AcqRel);
         }
         // A loop that failed quickly will likely fail again at once: back off.
