@@ -168,8 +168,10 @@ inns rc-service fibd stop >/dev/null 2>&1 || true
 # FIBD_LISTEN) nor the state file (start_pre's ownership fix, the install and
 # the docs all mean /var/lib/fibd/fibd.state): start_pre refuses both.
 cp "$root/etc/conf.d/fibd" "$WORK/confd.saved"
-for opts in "--listen 127.0.0.1:$port" "--state-file=/var/lib/fibd/other.state"; do
-    flag=${opts%%[ =]*}
+# (A tab before the flag, as a hand-edited conf.d may have: the shell splits on it too.)
+for opts in "--listen 127.0.0.1:$port" "	--state-file=/var/lib/fibd/other.state"; do
+    flag=${opts#	}
+    flag=${flag%%[ =]*}
     sed -i "s|^FIBD_OPTS=.*|FIBD_OPTS=\"--workers 2 $opts\"|" "$root/etc/conf.d/fibd"
     rc=0
     out=$(inns rc-service fibd start 2>&1) || rc=$?
