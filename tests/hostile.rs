@@ -799,14 +799,14 @@ fn stall_a_step_reply(addr: SocketAddr) -> (Instant, Instant) {
         .repeat(fibd::limits::PIPELINED_PER_CONNECTION_MAX / 2);
     let per_window = fibd::limits::PIPELINED_PER_CONNECTION_MAX as u64 / 2;
     let stuck_for = Duration::from_secs(1);
-    let (before, started) = (next_finished(addr), Instant::now());
+    let (before, started) = (replies_finished(addr, "/next"), Instant::now());
     let (mut sent, mut seen, mut moved) = (0, 0, Instant::now());
     loop {
         assert!(
             started.elapsed() < Duration::from_secs(60),
             "no reply got stuck"
         );
-        let done = next_finished(addr) - before;
+        let done = replies_finished(addr, "/next") - before;
         if done != seen {
             if moved.elapsed() >= stuck_for {
                 return (moved, Instant::now());
@@ -819,17 +819,6 @@ fn stall_a_step_reply(addr: SocketAddr) -> (Instant, Instant) {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-}
-
-/// /next requests whose replies the server has finished writing or given up on, from its
-/// metrics.
-fn next_finished(addr: SocketAddr) -> u64 {
-    let metrics = common::request(addr, "GET", "/metrics", &[]).body;
-    metrics
-        .lines()
-        .filter(|line| line.starts_with("fibd_requests_total{route=\"/next\","))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
 }
 
 /// One connection sends `burst` requests (large replies and steps) at a time and reads
@@ -942,7 +931,8 @@ fn fill_until_blocked_writes(
             return;
         }
         sent += fib_requests;
-        while fib_replies_finished(addr) < sent {
+        // Only the hostile client asks for `/fib`.
+        while replies_finished(addr, "/fib") < sent {
             if stopped() {
                 return;
             }
@@ -951,13 +941,14 @@ fn fill_until_blocked_writes(
     }
 }
 
-/// `/fib` replies the server has finished writing or given up on, from its metrics (it counts a
-/// request once its reply's write has returned). Only the hostile client asks for `/fib`.
-fn fib_replies_finished(addr: SocketAddr) -> u64 {
+/// Requests of `route` whose replies the server has finished writing or given up on, whatever
+/// their status, from its metrics (it counts a request once its reply's write has returned).
+fn replies_finished(addr: SocketAddr, route: &str) -> u64 {
     let metrics = common::request(addr, "GET", "/metrics", &[]).body;
+    let prefix = format!("fibd_requests_total{{route=\"{route}\",");
     metrics
         .lines()
-        .filter_map(|line| line.strip_prefix("fibd_requests_total{route=\"/fib\","))
+        .filter_map(|line| line.strip_prefix(&prefix))
         .filter_map(|rest| rest.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
