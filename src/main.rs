@@ -69,7 +69,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// `fibd probe URL`: exit 0 when URL answers 2xx within the timeout.
 /// Whose panic the panic hook is looking at.
 #[derive(Debug, PartialEq)]
 enum Panic {
@@ -92,6 +91,7 @@ fn judge_panic(thread_name: Option<&str>, starting_accept_loop: bool) -> Panic {
     }
 }
 
+/// `fibd probe URL`: exit 0 when URL answers 2xx within the timeout.
 fn probe_command(url: &str, timeout_ms: u64) -> ExitCode {
     // A bare path probes this host's own fibd, at the address FIBD_LISTEN names.
     let resolved;
