@@ -6,7 +6,8 @@
 # providing "net" (Debian with ifupdown), takes its address and settings from
 # /etc/conf.d/fibd, passes its health checks on an address other than
 # 127.0.0.1, runs as fibd, is respawned after kill -9 with the state intact
-# (more often than supervise-daemon's default limit of 10 allows), logs to
+# (more often than supervise-daemon's default limit of 10 allows), is restarted
+# when hung but not for one failed health check, logs to
 # /var/log/fibd (rotated by the shipped logrotate snippet), stops cleanly,
 # starts again from a state file restored as root, and refuses --listen or
 # --state-file in FIBD_OPTS.
@@ -109,11 +110,31 @@ else
 fi
 check_eq "stderr goes to /var/log/fibd/fibd.log" "$(grep -c 'event=start' "$root/var/log/fibd/fibd.log")" 12 || true
 
-# A hung fibd (stopped, so alive but silent) fails healthcheck() (fibd probe), and
-# supervise-daemon replaces it.
+# A fibd silent for one health check (stopped, as a flood that uses up its
+# descriptors silences it) is not restarted: healthcheck() fails only after three
+# failed probes in a row. Continued as soon as one probe has failed, it answers
+# the next, which starts the count again.
+failures() { inns cat /run/openrc/options/fibd/healthcheck_failures; }
+one_failure() { [ "$(failures)" = 1 ]; }
+pid=$(child 2>/dev/null || true)
+starts=$(grep -c 'event=start' "$root/var/log/fibd/fibd.log")
+inns kill -STOP "$pid"
+if wait_for 20 one_failure; then
+    inns kill -CONT "$pid"
+    sleep 6
+    check_eq "one failed health check neither restarts fibd nor stays counted" \
+        "$(child 2>/dev/null || true)/$(grep -c 'event=start' "$root/var/log/fibd/fibd.log")/$(failures 2>/dev/null || true)" \
+        "$pid/$starts/0" || true
+else
+    inns kill -CONT "$pid"
+    fail "a failed health check is counted" "failures: $(failures 2>&1 || true), child $(child 2>&1 || true) (was $pid)"
+fi
+
+# A hung fibd (stopped, so alive but silent) fails healthcheck() (fibd probe) three
+# times in a row, and supervise-daemon replaces it.
 pid=$(child 2>/dev/null || true)
 inns kill -STOP "$pid"
-if wait_for 40 came_back "$pid"; then
+if wait_for 60 came_back "$pid"; then
     pass "healthcheck() (fibd probe) makes supervise-daemon restart a hung fibd"
 else
     inns kill -CONT "$pid" 2>/dev/null || true
