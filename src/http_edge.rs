@@ -660,11 +660,18 @@ impl Weighed for Routed {
     }
 }
 
-/// The bytes of a request's target and header field names and values.
+/// What tiny_http holds for each header field besides its name and value: the field's own
+/// 48 bytes, its place in a list that doubles as it grows, and an allocation for the name.
+/// Without it, a request of 10,000 fields `a:` would weigh 10 KB while holding about 800 KB.
+const HEADER_FIELD_OVERHEAD_BYTES: usize = 96;
+
+/// The bytes a request's head holds: its target, and each header field's name, value and
+/// overhead.
 fn head_bytes(request: &Request) -> usize {
     let fields = request.headers().iter();
     let field_bytes: usize = fields
         .map(|h| h.field.as_str().as_str().len() + h.value.as_str().len())
+        .map(|bytes| bytes + HEADER_FIELD_OVERHEAD_BYTES)
         .sum();
     request.url().len() + field_bytes
 }
@@ -1209,7 +1216,16 @@ mod tests {
             .with_header(pad)
             .into();
         // tiny_http's test requests carry a `Content-Length: 0` of their own.
-        assert_eq!(head_bytes(&request), 7 + (4 + 9) + (5 + 1000) + (14 + 1));
+        let overhead = HEADER_FIELD_OVERHEAD_BYTES;
+        let fields = (4 + 9 + overhead) + (5 + 1000 + overhead) + (14 + 1 + overhead);
+        assert_eq!(head_bytes(&request), 7 + fields);
+        // Many empty fields weigh what they hold, not the few bytes of their names.
+        let mut many = TestRequest::new().with_path("/");
+        for _ in 0..10_000 {
+            many = many.with_header(Header::from_bytes("a", "").expect("valid header"));
+        }
+        let many: Request = many.into();
+        assert!(head_bytes(&many) >= 10_000 * 48, "{}", head_bytes(&many));
     }
 
     #[test]

@@ -60,7 +60,9 @@ pub const PIPELINED_TOTAL_MAX: usize = 8_192;
 /// Bytes of the heads (target and header fields) of those waiting requests together. A
 /// waiting request holds its whole head in tiny_http's strings, one past the head limits too
 /// (it waits for its refusal): 8,192 at the limits alone (about 24 KiB) would hold hundreds of
-/// MiB. Ordinary pipelined requests are a few hundred bytes, so the count binds first for them.
+/// MiB. Ordinary pipelined requests weigh under 1 KiB (a few hundred bytes of fields, and
+/// tiny_http's overhead per field, `http_edge::HEADER_FIELD_OVERHEAD_BYTES`), so the count
+/// binds first for them.
 pub const PIPELINED_HEAD_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// An abandoned connection is remembered (so its further requests are dropped or refused at
 /// once, never served) until none arrived for this many idle timeouts: by then the idle
@@ -106,7 +108,7 @@ pub const ACCEPT_POLL_MS: u64 = 50;
 /// the second, so running out of file descriptors does not turn into a busy loop.
 pub const ACCEPT_RETRY_FIRST_MS: u64 = 10;
 pub const ACCEPT_RETRY_MAX_MS: u64 = 1_000;
-/// Connections accepted and closed at once when file descriptors run out, so the backlog
+/// Connections accepted and closed at once when file descriptors or threads run out, so the backlog
 /// drains with a clear refusal instead of hanging; bounded so shedding cannot starve serving.
 pub const SHED_CONNECTIONS_MAX: u64 = 1024;
 /// Accept loops that failed but may still have live connections. Each keeps one thread until
