@@ -109,7 +109,8 @@ pub fn run(
             None => Vec::new(),
         };
         if pending.is_empty() && overdue.is_empty() {
-            last_shut_down.clear();
+            // Replaced, not cleared, as `pending` is below: the room a flood grew stays otherwise.
+            last_shut_down = HashSet::new();
             continue;
         }
         let mut targets = pending.clone();
@@ -128,7 +129,8 @@ pub fn run(
             }
         }
         if scan.complete {
-            pending.clear();
+            // Replaced, not cleared: a flood can grow it to thousands, and that room would stay.
+            pending = HashSet::new();
         } else {
             pending.retain(|peer| !scan.shut_down.contains(peer));
         }

@@ -383,7 +383,7 @@ impl Metrics {
             ),
             (
                 "fibd_connections_shed_total",
-                "Connections closed unanswered because file descriptors ran out.",
+                "Connections closed unanswered because file descriptors or threads ran out.",
                 &self.connections_shed,
             ),
             (
@@ -403,7 +403,7 @@ impl Metrics {
             ),
             (
                 "fibd_connections_kept_total",
-                "Connections kept open for good because a request on them announced a body over 1 KiB; fibd exits at 128.",
+                "Connections kept open for good because a request on them announced a body over 1 KiB, or any body with Expect: 100-continue; fibd exits at 128.",
                 &self.connections_kept,
             ),
             (
