@@ -367,6 +367,14 @@ case $src_bin in
     /*) ;;
     *) src_bin=$(pwd)/$src_bin ;;
 esac
+# Check --listen before anything is changed: a typo would replace a working setting and
+# leave the service restarting. `fibd probe /PATH` reads FIBD_LISTEN as fibd itself does
+# and exits 2 when it cannot parse it (a parsed address is probed once, harmlessly).
+if [ -n "$listen_arg" ]; then
+    _rc=0
+    FIBD_LISTEN=$listen_arg "$src_bin" probe / --timeout-ms 1 >/dev/null 2>&1 || _rc=$?
+    [ "$_rc" != 2 ] || die "--listen must be IP:PORT (for example 127.0.0.1:8080), not '$listen_arg'"
+fi
 init_dir=$(find_first -d "$here/init" ./init "$here/../init") ||
     die "no init/ directory next to this script or in ./ (copy it with scp -r)"
 

@@ -7,7 +7,8 @@
 # namespace over a Debian root with OpenRC): a first install, a second run that
 # upgrades in place keeping state and config, an upgrade that keeps the old
 # binary as fibd.prev and a rollback to it, --uninstall keeping the state, a
-# reinstall that picks the kept state up, and --purge.
+# reinstall that picks the kept state up, a --listen that is no address refused
+# before anything changes, and --purge.
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -101,6 +102,18 @@ systemd_host() {
     ex sh ./install.sh --listen "127.0.0.1:$port" >/dev/null 2>&1 || true
     check_eq "systemd: reinstall picks up the kept state (index 5)" "$(http "$base/current" || true)" "$(fib 5)" || true
 
+    # A --listen that is no address is refused before anything changes: the
+    # running service and its config are left as they were.
+    rc=0
+    out=$(ex sh ./install.sh --listen localhost:9000 2>&1) || rc=$?
+    if [ "$rc" != 0 ] && grep -q "must be IP:PORT.*localhost:9000" <<<"$out" &&
+        ex grep -q "^FIBD_LISTEN=\"127.0.0.1:$port\"" /etc/default/fibd &&
+        curl -fsS -o /dev/null --max-time 2 "$base/healthz"; then
+        pass "systemd: install.sh refuses a --listen that is no address, changing nothing"
+    else
+        fail "systemd: install.sh refuses a bad --listen, changing nothing" "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
+    fi
+
     rc=0
     ex sh ./install.sh --uninstall --purge >/dev/null 2>&1 || rc=$?
     if [ "$rc" = 0 ] && ! ex test -e /var/lib/fibd; then
@@ -109,13 +122,14 @@ systemd_host() {
         fail "systemd: --purge also deletes the state" "exit $rc"
     fi
 
-    # A fibd that cannot start (bad address: it exits 2) must make install.sh
-    # fail loudly with the service's logs, not report success.
+    # A fibd that cannot start (an address of no interface here: it cannot bind
+    # it, and exits 1) must make install.sh fail loudly with the service's logs,
+    # not report success.
     rc=0
     out=$(pm exec -w /root/upload -e FIBD_INSTALL_READY_TIMEOUT=3 "$name" \
-        sh ./install.sh --listen 127.0.0.1:notaport 2>&1) || rc=$?
+        sh ./install.sh --listen 192.0.2.1:9 2>&1) || rc=$?
     if [ "$rc" != 0 ] && grep -Eq 'did not (start|become ready)' <<<"$out" &&
-        grep -q 'fibd\[[0-9]*\]: .*notaport' <<<"$out"; then
+        grep -q 'fibd\[[0-9]*\]: .*listen_failed.*192.0.2.1:9' <<<"$out"; then
         pass "systemd: install.sh fails, showing the logs, when fibd cannot start"
     else
         fail "systemd: install.sh fails when fibd cannot start" "exit $rc: $(echo "$out" | tail -n 2 | tr '\n' ' ')"
