@@ -164,7 +164,7 @@ pub fn parse(
             Some("1" | "true" | "yes" | "on") => true,
             Some(other) => {
                 return Err(format!(
-                    "FIBD_ACCESS_LOG: {other:?} is not one of 1, 0, true, false"
+                    "FIBD_ACCESS_LOG: {other:?} is not one of 1, true, yes, on, 0, false, no, off"
                 ));
             }
         },
@@ -183,8 +183,13 @@ fn parse_probe(mut args: impl Iterator<Item = String>) -> Result<Command, String
     let mut url = None;
     let mut timeout_ms = PROBE_TIMEOUT_MS_DEFAULT;
     while let Some(arg) = args.next() {
-        if arg == "--timeout-ms" {
-            let value = args.next().ok_or("--timeout-ms needs a value")?;
+        // `--timeout-ms=N` as well as `--timeout-ms N`, as fibd's own flags take both.
+        let inline = arg.strip_prefix("--timeout-ms=").map(str::to_string);
+        if arg == "--timeout-ms" || inline.is_some() {
+            let value = match inline {
+                Some(value) => value,
+                None => args.next().ok_or("--timeout-ms needs a value")?,
+            };
             timeout_ms = match value.parse::<u64>() {
                 Ok(ms) if (1..=600_000).contains(&ms) => ms,
                 _ => return Err(format!("--timeout-ms: {value:?} is not from 1 to 600000")),
@@ -302,6 +307,17 @@ mod tests {
         assert!(parse_with(&["probe", "u", "v"], &[]).is_err());
         assert!(parse_with(&["probe", "-x"], &[]).is_err());
         assert!(parse_with(&["probe", "u", "--timeout-ms", "0"], &[]).is_err());
+        for args in [
+            &["probe", "u", "--timeout-ms", "250"][..],
+            &["probe", "--timeout-ms=250", "u"],
+        ] {
+            let expected = Command::Probe {
+                url: "u".into(),
+                timeout_ms: 250,
+            };
+            assert_eq!(parse_with(args, &[]), Ok(expected), "{args:?}");
+        }
+        assert!(parse_with(&["probe", "u", "--timeout-ms="], &[]).is_err());
         assert!(config(&["--access-log"], &[]).access_log);
         assert!(config(&[], &[("FIBD_ACCESS_LOG", "1")]).access_log);
         assert!(!config(&[], &[]).access_log);
