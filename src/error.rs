@@ -76,6 +76,11 @@ impl fmt::Display for Error {
                 f,
                 "another fibd process holds its lock (one server per state file)"
             ),
+            Cause::Corrupt(err @ RecoverError::OtherVersion { .. }) => write!(
+                f,
+                "{err}; the file was left untouched: run the version of fibd that wrote it, or \
+                 restore the backup taken before the upgrade"
+            ),
             Cause::Corrupt(err) => write!(
                 f,
                 "{err}; the file was left untouched: restore it from a backup, or move it \

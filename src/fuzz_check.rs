@@ -81,7 +81,8 @@ pub fn route_request(data: &[u8]) -> u16 {
 /// with a message; it never panics. The bytes are also laid over one slot of a file whose
 /// slots are both valid (the first byte picks the slot), which lets the fuzzer reach past the
 /// length check; damage to one slot must never lose the other: recovery then returns the
-/// intact slot, or the damaged one only if it still decodes as a newer valid slot.
+/// intact slot, or the damaged one only if it still decodes as a newer valid slot; or it
+/// refuses the file, when the damage is an intact slot of another format version.
 pub fn recover_state(data: &[u8]) {
     if let Ok(recovered) = slot::recover(data) {
         assert!(recovered.slot.cursor.index() <= crate::fib::INDEX_MAX);
@@ -103,7 +104,11 @@ pub fn recover_state(data: &[u8]) {
     let len = overlay.len().min(slot::SLOT_BYTES);
     file[start..start + len].copy_from_slice(&overlay[..len]);
     let intact = slots[1 - damaged];
-    let recovered = slot::recover(&file).expect("one slot is intact");
+    let recovered = match slot::recover(&file) {
+        Ok(recovered) => recovered,
+        Err(slot::RecoverError::OtherVersion { position, .. }) if position == damaged => return,
+        Err(err) => panic!("one slot is intact, yet: {err}"),
+    };
     assert!(
         recovered.slot == intact || recovered.slot.sequence > intact.sequence,
         "{recovered:?} instead of the intact {intact:?}"

@@ -16,6 +16,12 @@
 //! | 20     | 8    | cursor index (0..=186)                         |
 //! | 28     | 4    | CRC-32C of bytes 0..28                         |
 //! | 32     | 4064 | zeros                                          |
+//!
+//! The first 32 bytes are the envelope every format version keeps: magic, version, and a
+//! CRC-32C of bytes 0..28. A slot whose envelope is intact but whose version is another is
+//! then known to be written by another fibd, not torn, and the file is refused rather than
+//! have that slot overwritten as if it were damaged (a rollback after an upgrade would
+//! otherwise silently lose the steps the newer version recorded).
 
 use std::fmt;
 
@@ -81,6 +87,11 @@ impl fmt::Display for SlotError {
 pub enum RecoverError {
     Length(usize),
     NoValidSlot([SlotError; 2]),
+    /// A slot of another format version, intact: another fibd wrote it.
+    OtherVersion {
+        position: usize,
+        version: u32,
+    },
 }
 
 impl fmt::Display for RecoverError {
@@ -94,6 +105,11 @@ impl fmt::Display for RecoverError {
             RecoverError::NoValidSlot([a, b]) => {
                 write!(f, "no valid slot: slot 0: {a}; slot 1: {b}")
             }
+            RecoverError::OtherVersion { position, version } => write!(
+                f,
+                "slot {position}: {}, written by another version of fibd",
+                SlotError::Version(*version)
+            ),
         }
     }
 }
@@ -138,14 +154,15 @@ pub fn decode(bytes: &[u8; SLOT_BYTES], position: usize) -> Result<Slot, SlotErr
     if stored != computed {
         return Err(SlotError::Checksum { stored, computed });
     }
+    // Before the padding, which another version may use.
+    let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
+    if version != VERSION {
+        return Err(SlotError::Version(version));
+    }
     if let Some(offset) = bytes[CHECKSUM_END..].iter().position(|&b| b != 0) {
         return Err(SlotError::Padding {
             offset: CHECKSUM_END + offset,
         });
-    }
-    let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
-    if version != VERSION {
-        return Err(SlotError::Version(version));
     }
     let sequence = u64::from_le_bytes(field(12..20));
     let index = u64::from_le_bytes(field(20..28));
@@ -156,7 +173,8 @@ pub fn decode(bytes: &[u8; SLOT_BYTES], position: usize) -> Result<Slot, SlotErr
     Ok(Slot { sequence, cursor })
 }
 
-/// Picks the newest valid slot of a whole file.
+/// Picks the newest valid slot of a whole file. A slot of another format version refuses the
+/// file, whatever the other slot holds.
 pub fn recover(file: &[u8]) -> Result<Recovered, RecoverError> {
     if file.len() != FILE_BYTES {
         return Err(RecoverError::Length(file.len()));
@@ -166,7 +184,14 @@ pub fn recover(file: &[u8]) -> Result<Recovered, RecoverError> {
             .try_into()
             .unwrap()
     };
-    match (decode(slot_bytes(0), 0), decode(slot_bytes(1), 1)) {
+    let decoded = [decode(slot_bytes(0), 0), decode(slot_bytes(1), 1)];
+    for (position, slot) in decoded.iter().enumerate() {
+        if let Err(SlotError::Version(version)) = *slot {
+            return Err(RecoverError::OtherVersion { position, version });
+        }
+    }
+    let [first, second] = decoded;
+    match (first, second) {
         (Ok(a), Ok(b)) => Ok(Recovered {
             // Positions force different parities, so the sequences can never be equal.
             slot: if a.sequence > b.sequence { a } else { b },
@@ -272,13 +297,55 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_slot_of_another_format_version_is_rejected_even_with_a_valid_checksum() {
-        let mut bytes = encode(slot(6, 42));
-        bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
+    /// A slot as another format version would write it: the same envelope (magic, version,
+    /// checksum of the first 28 bytes), anything in the rest.
+    fn other_version(version: u32, slot: Slot, padding: u8) -> [u8; SLOT_BYTES] {
+        let mut bytes = encode(slot);
+        bytes[8..12].copy_from_slice(&version.to_le_bytes());
         let checksum = crc32c(&bytes[..HEADER_BYTES]);
         bytes[HEADER_BYTES..CHECKSUM_END].copy_from_slice(&checksum.to_le_bytes());
+        bytes[CHECKSUM_END] = padding;
+        bytes
+    }
+
+    #[test]
+    fn a_slot_of_another_format_version_is_rejected_even_with_a_valid_checksum() {
+        let bytes = other_version(2, slot(6, 42), 0);
         assert_eq!(decode(&bytes, 0), Err(SlotError::Version(2)));
+        // Whatever that version keeps past the envelope.
+        let bytes = other_version(2, slot(6, 42), 0x5a);
+        assert_eq!(decode(&bytes, 0), Err(SlotError::Version(2)));
+    }
+
+    #[test]
+    fn a_file_with_a_slot_of_another_format_version_is_refused_not_recovered_from_the_other() {
+        // A newer fibd committed once into slot 1 (its start-up commit, say); slot 0 is ours.
+        // Serving slot 0 would write over slot 1 and lose what the newer fibd recorded.
+        for (a, b, position) in [
+            (encode(slot(10, 50)), other_version(2, slot(11, 51), 7), 1),
+            (other_version(3, slot(12, 52), 0), encode(slot(11, 51)), 0),
+            (
+                other_version(2, slot(12, 52), 0),
+                other_version(2, slot(13, 53), 0),
+                0,
+            ),
+        ] {
+            let mut file = a.to_vec();
+            file.extend_from_slice(&b);
+            let refused = recover(&file).unwrap_err();
+            assert!(
+                matches!(refused, RecoverError::OtherVersion { position: p, .. } if p == position),
+                "{refused:?}"
+            );
+            assert!(refused.to_string().contains("unsupported format version"));
+        }
+        // A version field whose checksum fails is damage, as a torn write is: the other slot
+        // is served.
+        let mut torn = other_version(2, slot(11, 51), 0);
+        torn[HEADER_BYTES] ^= 1;
+        let mut file = encode(slot(10, 50)).to_vec();
+        file.extend_from_slice(&torn);
+        assert_eq!(recover(&file).unwrap().slot, slot(10, 50));
     }
 
     #[test]

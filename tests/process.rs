@@ -85,6 +85,49 @@ fn a_corrupt_state_file_is_refused_and_left_byte_for_byte_unchanged() {
 }
 
 #[test]
+fn a_slot_written_by_another_format_version_refuses_the_file_untouched() {
+    let dir = TempDir::new("version");
+    let state = dir.join("fibd.state");
+    write_state(&state, 42);
+    let mut bytes = std::fs::read(&state).unwrap();
+    // Slot 1 as a newer fibd would leave it: version 2, its envelope's checksum intact.
+    let slot = &mut bytes[fibd::slot::SLOT_BYTES..];
+    slot[8..12].copy_from_slice(&2u32.to_le_bytes());
+    let checksum = crc32c(&slot[..28]);
+    slot[28..32].copy_from_slice(&checksum.to_le_bytes());
+    std::fs::write(&state, &bytes).unwrap();
+
+    let (status, log) = Server::try_start(&state, &[]).err().expect("refused");
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
+    let log = log.join("\n");
+    assert!(
+        log.contains("slot 1: unsupported format version 2 (this fibd reads 1)"),
+        "{log}"
+    );
+    assert!(
+        log.contains("restore the backup taken before the upgrade"),
+        "{log}"
+    );
+    assert_eq!(std::fs::read(&state).unwrap(), bytes, "file untouched");
+}
+
+/// CRC-32C, bit by bit: the test's own, so that it does not trust the code it checks.
+fn crc32c(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in bytes {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
 fn one_torn_slot_recovers_from_the_other_and_says_so() {
     let dir = TempDir::new("torn");
     let state = dir.join("fibd.state");
