@@ -128,8 +128,13 @@ pub fn parse(
             )
         })?,
     };
+    // An empty variable means the default, as for every setting; an empty flag is a mistake
+    // (a shell variable that was never set, say), caught here rather than at the file.
     let state_file = match pick(state_file, "FIBD_STATE_FILE") {
         None => PathBuf::from("fibd.state"),
+        Some((name, value)) if value.is_empty() => {
+            return Err(format!("{name}: the path is empty"));
+        }
         Some((_, value)) => PathBuf::from(value),
     };
     let workers = number(

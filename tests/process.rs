@@ -244,6 +244,8 @@ fn bad_configuration_exits_2_with_a_one_line_reason() {
         &["--batch-max", "x"],
         &["--bogus"],
         &["--state-file"],
+        &["--state-file", ""],
+        &["--state-file="],
     ] {
         let out = Command::new(BIN).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
