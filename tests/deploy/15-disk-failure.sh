@@ -5,8 +5,9 @@
 # state it recovered), one while a SIGTERM drains the last steps, and a disk that stalls
 # (an fdatasync that does not return): it must show in /metrics and /readyz, leave reads
 # answering, make a stop exit 1, and, once the disk answers, leave fibd ready again; a
-# failed fsync of the state file's directory at start-up; and, during a stall, a client that
-# does not read its refusals, which must not hold up reads. The unit tests inject the same
+# failed fsync of the state file's directory at start-up; during a stall, a client that
+# does not read its refusals, which must not hold up reads; and a failed fsync of a new state
+# file before it is linked into place. The unit tests inject the same
 # faults below the file API; this is the whole process, signals and exit codes included.
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -246,3 +247,19 @@ slowest=$(sort -g "$WORK/read-seconds" | tail -n 1)
 check "reads went on meanwhile (slowest ${slowest:-none} s)" \
     awk -v s="$slowest" 'BEGIN { exit !(s != "" && s < 1) }' || true
 kill_wait "$pid"
+
+# 8. A new state file is written under a temporary name and fsynced before it is linked into
+# place, so that a power cut never leaves the name on an empty or half-written file (fibd
+# would refuse it). So the first fsync of a first start is the temporary file's, and when it
+# fails, fibd exits 1 leaving neither the state file nor the temporary one.
+fresh="$WORK/fresh"
+mkdir -p "$fresh"
+rc=0
+timeout 10 strace -f -qq -y -o "$WORK/trace-create" -e trace=fsync,linkat \
+    -e inject=fsync:error=EIO:when=1 \
+    "$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$fresh/fibd.state" 2>"$WORK/stderr-create" || rc=$?
+check_eq "a failed fsync of a new state file exits 1" "$rc" "1" || true
+check "the fsync that failed was the new file's, under its temporary name" \
+    grep -q "^[0-9]* *fsync([0-9]*<$fresh/fibd\.state\.new\.[0-9.]*>) = -1 EIO" "$WORK/trace-create" || true
+check_eq "nothing was linked, and nothing is left in the directory" \
+    "$(grep -c linkat "$WORK/trace-create")/$(ls -A "$fresh")" "0/" || true
