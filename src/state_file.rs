@@ -245,8 +245,18 @@ impl<F: SlotFile> Storage for StateFile<F> {
     }
 }
 
+/// Opens the state file for reading and writing. Only a regular file will do: a FIFO or a
+/// device opens, and would fail later with a message ("Invalid argument" from fdatasync) that
+/// names no cause.
 fn open_existing(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).write(true).open(path)
+    let file = OpenOptions::new().read(true).write(true).open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is not a regular file (a fibd state file is a plain file of 8192 bytes)",
+        ));
+    }
+    Ok(file)
 }
 
 /// Creates a new state file so that it appears whole or not at all: the initial contents go
@@ -322,6 +332,18 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    #[test]
+    fn a_state_file_that_is_no_regular_file_is_refused_by_name() {
+        let Err(err) = StateFile::open(Path::new("/dev/null")) else {
+            panic!("/dev/null was taken for a state file");
+        };
+        let message = err.to_string();
+        assert!(
+            message.starts_with("cannot open state file /dev/null: it is not a regular file"),
+            "{message}"
+        );
     }
 
     #[test]
