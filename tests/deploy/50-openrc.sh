@@ -70,8 +70,8 @@ smoke "smoke test under OpenRC" "$base" || true
 sleep $((started_at + 8 - SECONDS > 0 ? started_at + 8 - SECONDS : 0))
 # (The child's pid alone would not show it: after a failed check supervise-daemon
 # stops fibd at once but starts it again only about 10 s later.)
-check_eq "health checks on $addr pass: not stopped, no restart in 8 s" \
-    "$(grep -c 'event=shutdown' "$root/var/log/fibd/fibd.log")/$(child 2>/dev/null || true)" "0/$pid" || true
+check_eq "health checks on $addr pass: not stopped, no restart in 8 s, no failure counted" \
+    "$(grep -c 'event=shutdown' "$root/var/log/fibd/fibd.log")/$(child 2>/dev/null || true)/$(inns cat /run/openrc/options/fibd/healthcheck_failures 2>/dev/null || echo 0)" "0/$pid/0" || true
 
 advance "$base" 5
 # came_back OLDPID: a new fibd is supervised and ready.
@@ -115,7 +115,7 @@ check_eq "stderr goes to /var/log/fibd/fibd.log" "$(grep -c 'event=start' "$root
 # failed probes in a row. Continued as soon as one probe has failed, it answers
 # the next, which starts the count again.
 failures() { inns cat /run/openrc/options/fibd/healthcheck_failures; }
-one_failure() { [ "$(failures)" = 1 ]; }
+one_failure() { [ "$(failures)" = "$pid:1" ]; }
 pid=$(child 2>/dev/null || true)
 starts=$(grep -c 'event=start' "$root/var/log/fibd/fibd.log")
 inns kill -STOP "$pid"
