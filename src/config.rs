@@ -60,8 +60,9 @@ Options (each also read from the environment variable shown; flags win):
   -V, --version       print the version and exit
 
 `fibd probe URL` sends GET URL (http://IP:PORT/PATH) and exits 0 if the answer is 2xx within
-the timeout (default 2000 ms), 1 otherwise: a health check for images without curl. A bare
-/PATH probes the address in FIBD_LISTEN (wildcards mean loopback; default 127.0.0.1:8080).
+the timeout (default 2000 ms), 1 otherwise, 2 when the URL or FIBD_LISTEN cannot be parsed: a
+health check for images without curl. A bare /PATH probes the address in FIBD_LISTEN
+(wildcards mean loopback; default 127.0.0.1:8080).
 
 Exit codes: 0 after SIGTERM/SIGINT/SIGHUP, 1 on a runtime failure (state file unusable or
 locked, storage error, address in use, unable to accept connections), 2 on bad
