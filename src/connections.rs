@@ -60,8 +60,8 @@ pub enum Abandoned {
     /// More pipelined requests than `PIPELINED_PER_CONNECTION_MAX` waited behind the one in
     /// flight.
     PipelinedTooDeep,
-    /// Waiting requests of all connections together reached `PIPELINED_TOTAL_MAX` requests or
-    /// `PIPELINED_HEAD_BYTES_MAX` bytes.
+    /// Waiting requests of all connections together numbered `PIPELINED_TOTAL_MAX` already, or
+    /// this one's head would take them past `PIPELINED_HEAD_BYTES_MAX` bytes.
     PipelinedTotalFull,
     /// A request on it announced a body that is never read, so nothing more can follow.
     BodyUnread,
@@ -719,6 +719,52 @@ mod tests {
         // a pass over the shard per request.
         assert_eq!(shard.next_sweep, quiet + Duration::from_secs(30));
         assert!(shard.connections.capacity() < 1024, "the table shrank back");
+    }
+
+    #[test]
+    fn past_the_share_with_fewer_to_forget_than_the_excess_all_of_those_are_forgotten() {
+        let (table, now) = table();
+        let share = limits::ABANDONED_REMEMBERED_MAX / SHARDS;
+        let clients = clients_of_shard_zero(share + 1);
+        // Two connections stopped reading and may be forgotten; every other one lost its
+        // framing and has its refusal in flight, so it may not. One past the share asks for
+        // a quarter to go, and only those two can: the pass forgets exactly them.
+        for (i, &client) in clients.iter().enumerate() {
+            let at = now + Duration::from_millis(i as u64);
+            let _ = table.admit(client, 1, at);
+            if i < 2 {
+                let _ = table.finish(client, Err(Abandoned::NotReading), at);
+            } else {
+                let _ = table.finish(client, Err(Abandoned::FramingLost), at);
+                assert!(matches!(table.admit(client, 2, at), Admit::Refuse(2)));
+            }
+        }
+        assert_eq!(table.tracked(), share - 1);
+        let shard = table.shard(clients[0]);
+        assert!(!shard.connections.contains_key(&clients[0]));
+        assert!(!shard.connections.contains_key(&clients[1]));
+    }
+
+    #[test]
+    fn waiting_heads_may_fill_the_byte_bound_exactly_and_no_further() {
+        let (table, now) = table_of::<Head>();
+        let max = limits::PIPELINED_HEAD_BYTES_MAX;
+        for (port, size) in [(1, max - 10), (2, 10)] {
+            assert!(matches!(
+                table.admit(peer(port), Head(0), now),
+                Admit::Go(_)
+            ));
+            assert!(matches!(
+                table.admit(peer(port), Head(size), now),
+                Admit::Parked
+            ));
+        }
+        assert_eq!(table.waiting_head_bytes.load(Ordering::Relaxed), max);
+        assert!(matches!(table.admit(peer(3), Head(0), now), Admit::Go(_)));
+        assert!(matches!(
+            table.admit(peer(3), Head(1), now),
+            Admit::Drop(_, Some(Abandoned::PipelinedTotalFull))
+        ));
     }
 
     #[test]

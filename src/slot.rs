@@ -349,6 +349,13 @@ mod tests {
     }
 
     #[test]
+    fn a_padding_fault_names_its_byte() {
+        let mut bytes = encode(slot(6, 42));
+        bytes[100] = 1;
+        assert_eq!(decode(&bytes, 0), Err(SlotError::Padding { offset: 100 }));
+    }
+
+    #[test]
     fn a_slot_in_the_wrong_position_is_rejected() {
         assert_eq!(
             decode(&encode(slot(3, 1)), 0),
