@@ -721,6 +721,13 @@ mod tests {
         assert!(shard.connections.capacity() < 1024, "the table shrank back");
     }
 
+    /// Abandons `client` for its framing, and puts the refusal of its next request in flight.
+    fn refusing(table: &Connections<u32>, client: Peer, at: Instant) {
+        let _ = table.admit(client, 1, at);
+        let _ = table.finish(client, Err(Abandoned::FramingLost), at);
+        assert!(matches!(table.admit(client, 2, at), Admit::Refuse(2)));
+    }
+
     #[test]
     fn past_the_share_with_fewer_to_forget_than_the_excess_all_of_those_are_forgotten() {
         let (table, now) = table();
@@ -731,12 +738,11 @@ mod tests {
         // a quarter to go, and only those two can: the pass forgets exactly them.
         for (i, &client) in clients.iter().enumerate() {
             let at = now + Duration::from_millis(i as u64);
-            let _ = table.admit(client, 1, at);
             if i < 2 {
+                let _ = table.admit(client, 1, at);
                 let _ = table.finish(client, Err(Abandoned::NotReading), at);
             } else {
-                let _ = table.finish(client, Err(Abandoned::FramingLost), at);
-                assert!(matches!(table.admit(client, 2, at), Admit::Refuse(2)));
+                refusing(&table, client, at);
             }
         }
         assert_eq!(table.tracked(), share - 1);
@@ -776,10 +782,7 @@ mod tests {
         // next is abandoned: past the share, none of them may be forgotten, since finishing
         // the refusal needs the entry.
         for (i, &client) in clients.iter().enumerate() {
-            let at = now + Duration::from_millis(i as u64);
-            let _ = table.admit(client, 1, at);
-            let _ = table.finish(client, Err(Abandoned::FramingLost), at);
-            assert!(matches!(table.admit(client, 2, at), Admit::Refuse(2)));
+            refusing(&table, client, now + Duration::from_millis(i as u64));
         }
         assert_eq!(table.tracked(), share + 1);
         for &client in &clients {
