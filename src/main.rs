@@ -185,6 +185,7 @@ fn serve(config: Config) -> ExitCode {
     };
 
     let index = recovered.slot.cursor.index();
+    let sequence = state.sequence();
     let published = Arc::new(Published::new(recovered.slot.cursor));
     let metrics = Arc::new(Metrics::new());
     let edge = Edge::new(
@@ -270,7 +271,7 @@ fn serve(config: Config) -> ExitCode {
             ("listen", &local_addr),
             ("state_file", &config.state_file.display()),
             ("index", &index),
-            ("sequence", &recovered.slot.sequence),
+            ("sequence", &sequence),
             ("workers", &config.workers),
             ("batch_max", &config.batch_ops_max),
             ("access_log", &config.access_log),
@@ -284,14 +285,14 @@ fn serve(config: Config) -> ExitCode {
 
     notifier.send("READY=1");
 
-    let code = match events_rx.recv() {
+    let failed = match events_rx.recv() {
         Ok(Event::Signal) | Err(_) => {
             log::info("shutdown", &[("reason", &"signal")]);
-            ExitCode::SUCCESS
+            false
         }
         Ok(Event::Fatal(what, reason)) => {
             log::error("shutdown", &[("reason", &what), ("detail", &reason)]);
-            ExitCode::FAILURE
+            true
         }
     };
     notifier.send("STOPPING=1");
@@ -318,55 +319,52 @@ fn serve(config: Config) -> ExitCode {
             Err(RecvTimeoutError::Timeout)
         }
     };
-    let mut stalled = false;
-    match done {
-        Ok(()) => log::info("stopped", &[("index", &edge.durable_index())]),
-        Err(_) => match edge.metrics.commit_in_flight() {
-            // The steps of a commit that has not returned were never acknowledged, so exiting
-            // loses nothing; but the disk under the state file has stalled, and an exit 0
-            // would tell the supervisor and the operator that all was well. (The process
-            // itself ends only once the stalled call returns: the kernel does not end a
-            // thread inside a system call that cannot be interrupted.)
-            Some(running) if running >= Duration::from_millis(limits::COMMIT_STALLED_MS) => {
-                stalled = true;
-                log::error(
-                    "stopped",
-                    &[
-                        ("index", &edge.durable_index()),
-                        ("commit_in_flight_ms", &running.as_millis()),
-                        (
-                            "note",
-                            &"grace period over with a commit still running: the disk is stalled",
-                        ),
-                    ],
-                );
-            }
-            _ => log::warn(
-                "stopped",
-                &[
-                    ("index", &edge.durable_index()),
-                    ("note", &"grace period over; in-flight replies dropped"),
-                ],
-            ),
-        },
-    }
     // A failure while draining (a commit of the last steps failing, say) still ends the
     // process non-zero: a supervisor that restarts only failed services must see it.
     let failed_while_draining = events_rx.try_iter().find_map(|event| match event {
         Event::Fatal(what, reason) => Some((what, reason)),
         Event::Signal => None,
     });
-    if let Some((what, reason)) = failed_while_draining {
+    if let Some((what, reason)) = &failed_while_draining {
         log::error(
             "failed_while_stopping",
-            &[("reason", &what), ("detail", &reason)],
+            &[("reason", what), ("detail", reason)],
         );
-        return ExitCode::FAILURE;
     }
-    if stalled {
-        return ExitCode::FAILURE;
+    // The steps of a commit that has not returned were never acknowledged, so exiting loses
+    // nothing; but the disk under the state file has stalled, and an exit 0 would tell the
+    // supervisor and the operator that all was well. (The process itself ends only once the
+    // stalled call returns: the kernel does not end a thread inside a system call that cannot
+    // be interrupted.)
+    let stalled = done
+        .is_err()
+        .then(|| edge.metrics.commit_in_flight())
+        .flatten()
+        .filter(|running| *running >= Duration::from_millis(limits::COMMIT_STALLED_MS));
+    let failed = failed || failed_while_draining.is_some() || stalled.is_some();
+    let exit = u8::from(failed);
+    let index = edge.durable_index();
+    let in_flight_ms = stalled.map(|running| running.as_millis());
+    let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![("index", &index)];
+    if let Some(ms) = &in_flight_ms {
+        fields.push(("commit_in_flight_ms", ms));
+        fields.push((
+            "note",
+            &"grace period over with a commit still running: the disk is stalled",
+        ));
+    } else if done.is_err() {
+        fields.push(("note", &"grace period over; in-flight replies dropped"));
     }
-    code
+    fields.push(("exit", &exit));
+    // One line says how the process ends. Its level is the worst of what happened, so that a
+    // search for errors finds every exit non-zero.
+    let level = match (failed, done) {
+        (true, _) => log::Level::Error,
+        (false, Err(_)) => log::Level::Warn,
+        (false, Ok(())) => log::Level::Info,
+    };
+    log::event(level, "stopped", &fields);
+    ExitCode::from(exit)
 }
 
 #[cfg(test)]

@@ -158,6 +158,14 @@ impl StateFile {
     }
 }
 
+impl<F> StateFile<F> {
+    /// The sequence number of the newest slot: after `open`, that of the start-up commit, one
+    /// past the recovered slot's.
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+}
+
 #[cfg(test)]
 impl<F> StateFile<F> {
     /// A state file over `file`, whose newest slot holds `sequence`: for tests, which bring a
@@ -352,16 +360,19 @@ mod tests {
         let path = dir.join("fibd.state");
         let (mut state, recovered) = StateFile::open(&path).unwrap();
         assert_eq!(recovered.slot.cursor, Cursor::START);
+        // Sequences 0 and 1 are the new file's; the start-up commit wrote 2.
+        assert_eq!((recovered.slot.sequence, state.sequence()), (1, 2));
         let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         for index in [1, 2, 3, 2] {
             state.commit(Cursor::at(index).unwrap()).unwrap();
         }
         drop(state);
-        let (_, recovered) = StateFile::open(&path).unwrap();
+        let (state, recovered) = StateFile::open(&path).unwrap();
         assert_eq!(recovered.slot.cursor.index(), 2);
-        // Sequences 0 and 1 are the new file's, 2 its first start's, 3 to 6 the commits.
-        assert_eq!(recovered.slot.sequence, 6);
+        // Sequences 3 to 6 are the commits, 7 the second start's.
+        assert_eq!((recovered.slot.sequence, state.sequence()), (6, 7));
+        drop(state);
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temporary file left behind");
         fs::remove_dir_all(&dir).unwrap();

@@ -1045,6 +1045,10 @@ fn too_many_unread_bodies_restart_the_server() {
     let log = server.log_text();
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{log}");
     assert!(log.contains("reason=unread_bodies"), "{log}");
+    // The last line says how the process ended, at the level of its worst news.
+    let last = log.lines().last().unwrap_or_default();
+    assert!(last.contains("level=error event=stopped"), "{log}");
+    assert_eq!(common::field(last, "exit"), Some("1"), "{log}");
 }
 
 /// A burst of new connections, as when every client reconnects at once after a restart, is

@@ -187,7 +187,10 @@ fn sigterm_sigint_and_sighup_exit_zero_promptly_with_state_durable() {
         assert!(sent.elapsed() < Duration::from_secs(2));
         let log = server.log_text();
         assert!(log.contains("event=shutdown reason=signal"), "{log}");
-        assert!(log.contains("event=stopped index=2"), "{log}");
+        assert!(
+            log.contains("level=info event=stopped index=2 exit=0"),
+            "{log}"
+        );
         drop(server);
         let server = Server::start(&state, &[]);
         assert_eq!(server.value("/current"), "1", "F(2) after restart");
@@ -210,6 +213,11 @@ fn the_start_line_shows_the_real_address_and_the_recovered_index() {
     );
     assert_eq!(field(&line, "index"), Some("7"));
     assert!(field(&line, "state_file").unwrap().ends_with("fibd.state"));
+    // The sequence shown is the one on disk once fibd is up: the start-up commit's, one past
+    // the 11 that `write_state` left, so that it matches what a later look at the file finds.
+    let on_disk = fibd::slot::recover(&std::fs::read(&state).unwrap()).unwrap();
+    assert_eq!(on_disk.slot.sequence, 12);
+    assert_eq!(field(&line, "sequence"), Some("12"));
 }
 
 #[test]

@@ -79,6 +79,8 @@ check_eq "fibd exits 1, for its supervisor to restart it" "$rc" "1" || true
 kill_wait "$pid" # should it still run, the restart below would find the file locked
 check "the log names the operation and the file" \
     grep -q "event=storage_failed error=\"cannot fdatasync state file $state: " "$WORK/stderr" || true
+check "its last line is an error, exit=1" \
+    sh -c "tail -n 1 '$WORK/stderr' | grep -q 'level=error event=stopped .* exit=1\$'" || true
 # After the failed fdatasync, nothing is written or synced again: no blind retry.
 check_eq "no write or fdatasync after the failed one" \
     "$(sed -n '/fdatasync.*INJECTED/,$p' "$WORK/trace" | grep -c -E 'pwrite64|fdatasync')" "1" || true
@@ -126,6 +128,8 @@ done
 wait_exit
 check_eq "a commit failing during shutdown exits 1" "$rc" "1" || true
 check "and says so in the log" grep -q "event=failed_while_stopping reason=storage_failed" "$WORK/stderr" || true
+check "its last line is an error, exit=1" \
+    sh -c "tail -n 1 '$WORK/stderr' | grep -q 'level=error event=stopped .* exit=1\$'" || true
 wait_for 5 test -s "$WORK/code" || true
 check_eq "the step in flight is answered 503" "$(cat "$WORK/code")" "503" || true
 
