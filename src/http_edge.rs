@@ -1163,7 +1163,7 @@ fn work(edge: &Edge, jobs: Receiver<Job>) {
                     Route::Metrics => routes::metrics(edge.metrics.render(
                         edge.published.index(),
                         edge.readiness() == Readiness::Ready,
-                        env!("CARGO_PKG_VERSION"),
+                        (env!("CARGO_PKG_VERSION"), env!("FIBD_REVISION")),
                         edge.listening_sockets(),
                     )),
                     Route::Step(_) => unreachable!("the acceptor sends steps to the state owner"),
@@ -1274,7 +1274,9 @@ mod tests {
     }
 
     fn counted(edge: &Edge, route: &str, code: u16) -> bool {
-        let text = edge.metrics.render(edge.durable_index(), true, "test", 2);
+        let text = edge
+            .metrics
+            .render(edge.durable_index(), true, ("test", "test"), 2);
         text.contains(&format!(
             "fibd_requests_total{{route=\"{route}\",code=\"{code}\"}} "
         ))

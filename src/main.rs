@@ -57,7 +57,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Command::Version) => {
-            println!("fibd {}", env!("CARGO_PKG_VERSION"));
+            println!(
+                "fibd {} ({})",
+                env!("CARGO_PKG_VERSION"),
+                env!("FIBD_REVISION")
+            );
             ExitCode::SUCCESS
         }
         Ok(Command::Serve(config)) => serve(config),
@@ -268,6 +272,7 @@ fn serve(config: Config) -> ExitCode {
         "start",
         &[
             ("version", &env!("CARGO_PKG_VERSION")),
+            ("revision", &env!("FIBD_REVISION")),
             ("listen", &local_addr),
             ("state_file", &config.state_file.display()),
             ("index", &index),

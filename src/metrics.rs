@@ -283,7 +283,13 @@ impl Metrics {
 
     /// The exposition text. `index` and `ready` come from the state owner and the edge;
     /// `listening` is how many of our sockets are listening ones (the edge knows).
-    pub fn render(&self, index: u8, ready: bool, version: &str, listening: u64) -> String {
+    pub fn render(
+        &self,
+        index: u8,
+        ready: bool,
+        (version, revision): (&str, &str),
+        listening: u64,
+    ) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let family = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}");
@@ -431,9 +437,12 @@ impl Metrics {
             &mut out,
             "fibd_build_info",
             "gauge",
-            "Always 1; the version is in the label.",
+            "Always 1; the version and the commit built from are in the labels.",
         );
-        let _ = writeln!(out, "fibd_build_info{{version=\"{version}\"}} 1");
+        let _ = writeln!(
+            out,
+            "fibd_build_info{{version=\"{version}\",revision=\"{revision}\"}} 1"
+        );
         family(
             &mut out,
             "process_start_time_seconds",
@@ -596,14 +605,16 @@ mod tests {
         let m = Metrics::new();
         m.request(RouteLabel::Next, 200, true, Duration::from_micros(300));
         m.request(RouteLabel::Other, 404, false, Duration::from_micros(30));
-        let text = m.render(5, true, "0.1.0", 2);
+        let text = m.render(5, true, ("0.1.0", "1a2b3c4 2026-11-30"), 2);
         assert!(
             text.contains("fibd_requests_total{route=\"/next\",code=\"200\"} 1"),
             "{text}"
         );
         assert!(text.contains("fibd_requests_total{route=\"other\",code=\"404\"} 1"));
         assert!(text.contains("fibd_cursor_index 5"));
-        assert!(text.contains("fibd_build_info{version=\"0.1.0\"} 1"));
+        assert!(
+            text.contains("fibd_build_info{version=\"0.1.0\",revision=\"1a2b3c4 2026-11-30\"} 1")
+        );
         assert!(text.contains("process_resident_memory_bytes "));
         let types = text
             .lines()
@@ -613,7 +624,7 @@ mod tests {
     }
 
     fn in_flight_seconds(m: &Metrics) -> f64 {
-        let text = m.render(0, true, "0.1.0", 1);
+        let text = m.render(0, true, ("0.1.0", "unknown"), 1);
         let line = text
             .lines()
             .find(|l| l.starts_with("fibd_commit_in_flight_seconds "))

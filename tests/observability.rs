@@ -89,9 +89,14 @@ fn metrics_move_as_requests_are_made() {
     );
     assert_eq!(sample(&after, "fibd_ready"), Some(1.0));
     assert_eq!(sample(&after, "fibd_state_write_errors_total"), Some(0.0));
-    assert_eq!(
-        sample(&after, "fibd_build_info{version=\"0.1.0\"}"),
-        Some(1.0)
+    let build = after
+        .lines()
+        .find(|l| l.starts_with("fibd_build_info{"))
+        .expect("fibd_build_info");
+    assert!(
+        build.starts_with("fibd_build_info{version=\"0.1.0\",revision=\"")
+            && build.ends_with("\"} 1"),
+        "{build}"
     );
     assert!(sample(&after, "process_resident_memory_bytes").unwrap() > 100_000.0);
     assert!(sample(&after, "process_open_fds").unwrap() >= 3.0);

@@ -206,6 +206,10 @@ fn the_start_line_shows_the_real_address_and_the_recovered_index() {
     let line = server.log.lock().unwrap()[0].clone();
     assert_eq!(field(&line, "event"), Some("start"));
     assert_eq!(field(&line, "version"), Some(env!("CARGO_PKG_VERSION")));
+    assert!(
+        field(&line, "revision").is_some_and(|r| !r.is_empty()),
+        "{line}"
+    );
     assert_ne!(server.addr.port(), 0);
     assert_eq!(
         field(&line, "listen"),
@@ -282,10 +286,23 @@ fn help_and_version() {
     ] {
         assert!(help.contains(flag), "help mentions {flag}");
     }
+    // The commit the binary was built from, asked of git here as build.rs asks it, so that
+    // an operator can tell builds apart (the runbook names the builds a rollback must mind).
+    let revision = std::env::var("FIBD_REVISION").unwrap_or_else(|_| {
+        Command::new("git")
+            .args(["log", "-1", "--format=%h %cs"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map_or("unknown".to_string(), |out| {
+                String::from_utf8(out.stdout).unwrap().trim().to_string()
+            })
+    });
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
-        format!("fibd {}\n", env!("CARGO_PKG_VERSION"))
+        format!("fibd {} ({revision})\n", env!("CARGO_PKG_VERSION"))
     );
 }
 
