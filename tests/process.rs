@@ -197,6 +197,62 @@ fn sigterm_sigint_and_sighup_exit_zero_promptly_with_state_durable() {
     }
 }
 
+/// The two slot headers of the state file the first build of fibd (4e3c9ae) wrote after 40
+/// steps and a SIGTERM, as `od -A d -t x1` showed them; the rest of each 4 KiB slot is zeros.
+/// Slot 0: sequence 40, index 39. Slot 1: sequence 41, index 40.
+const FIRST_BUILD_HEADERS: [[u8; 32]; 2] = [
+    [
+        0x46, 0x49, 0x42, 0x44, 0x53, 0x4c, 0x4f, 0x54, 0x01, 0x00, 0x00, 0x00, 0x28, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x27, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x4a, 0xb6,
+        0x55, 0x88,
+    ],
+    [
+        0x46, 0x49, 0x42, 0x44, 0x53, 0x4c, 0x4f, 0x54, 0x01, 0x00, 0x00, 0x00, 0x29, 0x00, 0x00,
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x28, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x6a, 0xba,
+        0x3b, 0xc2,
+    ],
+];
+
+/// Every state file an earlier build wrote must go on being read as it was meant: the format
+/// is a promise to every operator who upgrades. Tests that only round-trip `encode` through
+/// `decode` would pass a change that moved a field in both; these bytes, from the first build,
+/// would not.
+#[test]
+fn a_state_file_the_first_build_wrote_is_read_and_written_byte_for_byte_alike() {
+    use fibd::cursor::Cursor;
+    use fibd::slot::{SLOT_BYTES, Slot, encode};
+    let mut file = vec![0u8; 2 * SLOT_BYTES];
+    for (slot, header) in FIRST_BUILD_HEADERS.iter().enumerate() {
+        file[slot * SLOT_BYTES..][..32].copy_from_slice(header);
+    }
+    // Written today, the same records are the same bytes (and the rest of a slot zeros).
+    for (header, (sequence, index)) in FIRST_BUILD_HEADERS.iter().zip([(40, 39), (41, 40)]) {
+        let written = encode(Slot {
+            sequence,
+            cursor: Cursor::at(index).unwrap(),
+        });
+        assert_eq!(written[..32], header[..], "sequence {sequence}");
+        assert!(written[32..].iter().all(|&b| b == 0), "sequence {sequence}");
+    }
+    // Served from, and stepped on, after an upgrade.
+    let dir = TempDir::new("firstbuild");
+    let state = dir.join("fibd.state");
+    std::fs::write(&state, &file).unwrap();
+    let server = Server::start(&state, &[]);
+    let current = server.json("GET", "/current").body;
+    assert!(current.contains("\"index\":40"), "{current}");
+    let next = server.post("/next");
+    assert_eq!(
+        (next.status, next.body.trim_end()),
+        (200, "165580141"),
+        "F(41)"
+    );
+    drop(server);
+    let server = Server::start(&state, &[]);
+    let current = server.json("GET", "/current").body;
+    assert!(current.contains("\"index\":41"), "{current}");
+}
+
 #[test]
 fn the_start_line_shows_the_real_address_and_the_recovered_index() {
     let dir = TempDir::new("startline");
