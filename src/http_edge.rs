@@ -187,6 +187,8 @@ pub struct Edge {
     /// What the hang-up thread is to hang up on (`hang_up.rs`), and the replies being written,
     /// which it watches.
     hang_ups: Arc<hang_up::HangUps>,
+    /// Bounds the `connection_abandoned` lines, one per connection and so at a client's pace.
+    abandoned_log: log::Throttle,
     /// Ends the process non-zero, for its supervisor to restart it.
     on_fatal: Box<dyn Fn(String) + Send + Sync>,
     /// The queues to the workers and the state owner; `None` once shutdown has drained the
@@ -240,6 +242,7 @@ impl Edge {
             queues: Mutex::new(None),
             kept_connections: AtomicUsize::new(0),
             hang_ups: Arc::default(),
+            abandoned_log: log::Throttle::new(limits::CLIENT_EVENT_LOG_LINES_PER_S_MAX),
             on_fatal,
         })
     }
@@ -414,11 +417,18 @@ impl Edge {
             ) {
                 self.hang_ups.request(peer);
             }
-            let fields: [(&str, &dyn std::fmt::Display); 3] = [
+            let Some(suppressed) = self.abandoned_log.admit(Instant::now()) else {
+                return;
+            };
+            let reason_name = reason.as_str();
+            let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
                 ("remote", &peer),
-                ("reason", &reason.as_str()),
+                ("reason", &reason_name),
                 ("requests_dropped", &count),
             ];
+            if suppressed > 0 {
+                fields.push(("lines_suppressed", &suppressed));
+            }
             // A request of unclear end that nothing followed yet is most often a client that
             // streamed a body no route takes (`curl -T -` sends it chunked); it is logged, so
             // that what follows from its address can be traced to it, but it is not worth a

@@ -3,7 +3,8 @@
 
 use std::fmt::{Display, Write as _};
 use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[derive(Clone, Copy, Debug)]
 pub enum Level {
@@ -53,6 +54,55 @@ pub fn warn(name: &str, fields: &[(&str, &dyn Display)]) {
 
 pub fn error(name: &str, fields: &[(&str, &dyn Display)]) {
     event(Level::Error, name, fields);
+}
+
+/// Bounds the lines an event may write: at most `lines_max` in any one-second window. What it
+/// holds back is counted, and the next line admitted reports the count, so a reader of the log
+/// learns that lines are missing and how many (the metrics count every event).
+#[derive(Debug)]
+pub struct Throttle {
+    lines_max: u32,
+    window: Mutex<Window>,
+}
+
+#[derive(Debug)]
+struct Window {
+    started: Option<Instant>,
+    written: u32,
+    suppressed: u64,
+}
+
+impl Throttle {
+    pub const fn new(lines_max: u32) -> Throttle {
+        Throttle {
+            lines_max,
+            window: Mutex::new(Window {
+                started: None,
+                written: 0,
+                suppressed: 0,
+            }),
+        }
+    }
+
+    /// Whether a line may be written at `now`: `Some` with the number of lines held back since
+    /// the last one written, or `None`, counting this one as held back.
+    pub fn admit(&self, now: Instant) -> Option<u64> {
+        let mut window = self.window.lock().expect("log throttle lock");
+        let expired = window
+            .started
+            .is_none_or(|started| now.saturating_duration_since(started) >= Duration::from_secs(1));
+        if expired {
+            window.started = Some(now);
+            window.written = 0;
+        }
+        if window.written < self.lines_max {
+            window.written += 1;
+            Some(std::mem::take(&mut window.suppressed))
+        } else {
+            window.suppressed += 1;
+            None
+        }
+    }
 }
 
 fn push_value(line: &mut String, value: &str) {
@@ -127,6 +177,28 @@ mod tests {
         assert_eq!(civil_from_days(11_016), (2000, 2, 29));
         assert_eq!(civil_from_days(20_780), (2026, 11, 23));
         assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn a_throttle_admits_its_lines_per_second_and_reports_what_it_held_back() {
+        let throttle = Throttle::new(3);
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let admitted: Vec<_> = (0..5).map(|i| throttle.admit(at(i * 10))).collect();
+        assert_eq!(admitted, [Some(0), Some(0), Some(0), None, None]);
+        // Still inside the first second: held back.
+        assert_eq!(throttle.admit(at(999)), None);
+        // A new window: the first line carries the three held back, and the count restarts.
+        assert_eq!(throttle.admit(at(1_000)), Some(3));
+        assert_eq!(throttle.admit(at(1_001)), Some(0));
+        assert_eq!(throttle.admit(at(1_002)), Some(0));
+        assert_eq!(throttle.admit(at(1_003)), None);
+        // A window opens at the first line after a quiet spell, not on a fixed grid.
+        assert_eq!(throttle.admit(at(5_500)), Some(1));
+        assert_eq!(throttle.admit(at(6_400)), Some(0));
+        assert_eq!(throttle.admit(at(6_450)), Some(0));
+        assert_eq!(throttle.admit(at(6_499)), None);
+        assert_eq!(throttle.admit(at(6_500)), Some(1));
     }
 
     #[test]

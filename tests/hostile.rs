@@ -384,6 +384,63 @@ fn what_follows_a_request_of_unclear_end_is_refused_out_loud() {
     );
 }
 
+/// An abandoned connection is logged, and a client can abandon connections as fast as it can
+/// open them. The log holds at most `CLIENT_EVENT_LOG_LINES_PER_S_MAX` such lines a second; the
+/// first line after a held-back spell says how many lines it held back, so that every
+/// abandonment is accounted for.
+#[test]
+fn a_flood_of_abandoned_connections_is_logged_at_a_bounded_rate() {
+    const FLOOD: u64 = 100;
+    let dir = TempDir::new("logflood");
+    let server = Server::start(&dir.join("fibd.state"), &[]);
+    let abandoned = || {
+        let mut stream = connect(server.addr);
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        stream
+            .write_all(b"GET /current HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .unwrap();
+        assert_eq!(read_reply(&mut reader, false).map(|r| r.status), Some(400));
+    };
+    let counted = |n: u64| {
+        common::wait_until("not every abandonment was counted", || {
+            server
+                .get("/metrics")
+                .body
+                .contains(&format!("\nfibd_connections_abandoned_total {n}\n"))
+        });
+    };
+    let lines = || {
+        server
+            .log_text()
+            .lines()
+            .filter(|l| l.contains("event=connection_abandoned"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let started = Instant::now();
+    for _ in 0..FLOOD {
+        abandoned();
+    }
+    counted(FLOOD);
+    let elapsed = started.elapsed();
+    let during = lines().len() as u64;
+    let per_s = u64::from(fibd::limits::CLIENT_EVENT_LOG_LINES_PER_S_MAX);
+    assert!(
+        during <= per_s * (elapsed.as_secs() + 2),
+        "{during} lines in {elapsed:?}"
+    );
+    // Past the last window: the next line is written, and accounts for the held back.
+    std::thread::sleep(Duration::from_millis(1_100));
+    abandoned();
+    counted(FLOOD + 1);
+    common::wait_until("the last abandonment was not logged", || {
+        lines().len() as u64 == during + 1
+    });
+    let last = lines().pop().unwrap();
+    let suppressed = common::field(&last, "lines_suppressed").map_or(0, |n| n.parse().unwrap());
+    assert_eq!(during + 1 + suppressed, FLOOD + 1, "{last}");
+}
+
 #[test]
 fn a_flood_behind_a_request_of_unclear_end_is_hung_up_on() {
     // The refusals that follow a request of unclear end are written, so its connection is not
