@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Deployment tests (issue 4): the static binary in an empty chroot, a failing disk
 # (strace injects EIO into the real binary's fdatasync), a connection flood past a task
-# limit (prlimit --nproc), the scratch container under podman, the systemd unit under a real systemd (in a
+# limit (prlimit --nproc), clients that reset their connections early, the scratch container under podman, the systemd unit under a real systemd (in a
 # container), the OpenRC service under a real supervise-daemon (in a PID and
 # mount namespace), install.sh under both, and scripts/smoke.sh itself.
 #
@@ -45,7 +45,8 @@ apt_install() {
 
 missing=()
 for pair in curl:curl file:file flock:util-linux unshare:util-linux \
-    nsenter:util-linux shellcheck:shellcheck debootstrap:debootstrap strace:strace; do
+    nsenter:util-linux shellcheck:shellcheck debootstrap:debootstrap strace:strace \
+    python3:python3; do
     command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -12,13 +13,18 @@ use fibd::config::{self, Command, Config};
 use fibd::http_edge::{self, Edge};
 use fibd::limits;
 use fibd::log;
-use fibd::metrics::Metrics;
+use fibd::metrics::{Metrics, TINY_HTTP_PANICS};
 use fibd::notify::Notifier;
 use fibd::nudger;
 use fibd::probe;
 use fibd::state_file::StateFile;
 use fibd::state_owner::{self, Published};
 use fibd::watchdog;
+
+/// Bounds the `tiny_http_panic` lines of tiny_http's connection threads, which clients can
+/// cause at their own pace.
+static CONNECTION_PANIC_LOG: log::Throttle =
+    log::Throttle::new(limits::CLIENT_EVENT_LOG_LINES_PER_S_MAX);
 
 /// Why the process is shutting down.
 enum Event {
@@ -42,11 +48,23 @@ fn main() -> ExitCode {
                 std::process::abort();
             }
             Panic::TinyHttp => {
+                TINY_HTTP_PANICS.fetch_add(1, Ordering::Relaxed);
                 let accept = http_edge::tiny_http_panicked(file, message);
-                log::warn(
-                    "tiny_http_panic",
-                    &[("accept_thread", &accept), ("message", &info)],
-                );
+                // A connection thread's panic is a client's doing (one that resets its
+                // connection before tiny_http reads its address panics one), so it is logged
+                // at a bounded rate; an accept thread's is rare, and each one matters.
+                let suppressed = match accept {
+                    true => Some(0),
+                    false => CONNECTION_PANIC_LOG.admit(Instant::now()),
+                };
+                if let Some(suppressed) = suppressed {
+                    let mut fields: Vec<(&str, &dyn std::fmt::Display)> =
+                        vec![("accept_thread", &accept), ("message", &info)];
+                    if suppressed > 0 {
+                        fields.push(("lines_suppressed", &suppressed));
+                    }
+                    log::warn("tiny_http_panic", &fields);
+                }
             }
         }
     }));

@@ -9,6 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::cursor::Step;
 use crate::routes::Route;
 
+/// Panics in tiny_http's threads, which fibd survives. A static, since the panic hook that
+/// counts them runs before, and outside, anything that could hand it the `Metrics`.
+pub static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
+
 /// The routes requests are counted by. `Other` is every request that matched no route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RouteLabel {
@@ -416,6 +420,11 @@ impl Metrics {
                 "fibd_accept_failures_total",
                 "Accept loops that failed and were restarted.",
                 &self.accept_failures,
+            ),
+            (
+                "fibd_tiny_http_panics_total",
+                "Panics in tiny_http's threads, survived: most often a client that reset its connection before tiny_http read its address.",
+                &TINY_HTTP_PANICS,
             ),
         ] {
             family(&mut out, name, "counter", help);
