@@ -14,16 +14,7 @@ if ! command -v python3 >/dev/null 2>&1; then
     exit 0
 fi
 
-"$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$WORK/fibd.state" 2>"$WORK/stderr" &
-pid=$!
-on_exit "kill -CONT $pid 2>/dev/null; kill_wait $pid"
-wait_for 10 grep -q 'event=start' "$WORK/stderr" || true
-port=$(sed -n 's/.*event=start.* listen=[^ ]*:\([0-9][0-9]*\)\( .*\)\{0,1\}$/\1/p' "$WORK/stderr" | head -n 1)
-if [ -z "$port" ]; then
-    fail "fibd starts" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"
-    exit 0
-fi
-base="http://127.0.0.1:$port"
+start_bare || exit 0
 
 # resets N: N connections that each send a request and close with a reset.
 resets() {

@@ -14,16 +14,7 @@ else
     skip "shellcheck of the deployment scripts" "shellcheck is not installed"
 fi
 
-"$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$WORK/fibd.state" 2>"$WORK/stderr" &
-pid=$!
-on_exit "kill_wait $pid"
-wait_for 10 grep -q 'event=start' "$WORK/stderr" || true
-port=$(sed -n 's/.*event=start.* listen=[^ ]*:\([0-9][0-9]*\)\( .*\)\{0,1\}$/\1/p' "$WORK/stderr" | head -n 1)
-if [ -z "$port" ]; then
-    fail "fibd starts" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"
-    exit 0
-fi
-base="http://127.0.0.1:$port"
+start_bare || exit 0
 
 # Indexes where smoke.sh must take different paths: the start (409 on
 # previous), F(1) = F(2) = 1 (ambiguous value), the middle, the end (409 on

@@ -93,6 +93,24 @@ free_port() {
 # http PATH-URL: the body of a GET, empty and non-zero on failure.
 http() { curl -fsS --max-time 5 "$@"; }
 
+# start_bare: run $FIBD_BIN on a free loopback port with $WORK/fibd.state,
+# logging to $WORK/stderr; sets $pid, $port and $base. On failure it reports
+# "fibd starts" as failed and returns 1.
+start_bare() {
+    "$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$WORK/fibd.state" 2>"$WORK/stderr" &
+    pid=$!
+    # A test may leave it stopped (SIGSTOP): continue it, or SIGKILL alone reaps it.
+    on_exit "kill -CONT $pid 2>/dev/null; kill_wait $pid"
+    wait_for 10 grep -q 'event=start' "$WORK/stderr" || true
+    port=$(sed -n 's/.*event=start.* listen=[^ ]*:\([0-9][0-9]*\)\( .*\)\{0,1\}$/\1/p' "$WORK/stderr" | head -n 1)
+    if [ -z "$port" ]; then
+        fail "fibd starts" "$(tail -n 3 "$WORK/stderr" | tr '\n' ' ')"
+        return 1
+    fi
+    # shellcheck disable=SC2034 # for the test that sourced this file
+    base="http://127.0.0.1:$port"
+}
+
 # start_time BASE_URL: the serving process's start time from /metrics (seconds
 # since the epoch, to the millisecond); empty when fibd does not answer. A
 # restart changes it.
