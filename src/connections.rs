@@ -432,9 +432,13 @@ impl<T: Weighed> Connections<T> {
         shard.next_sweep = now + forget_after;
     }
 
+    /// Requests parked behind the one in flight on their connection, across all connections.
+    pub fn waiting(&self) -> usize {
+        self.waiting_total.load(Ordering::Relaxed)
+    }
+
     /// Connections with a request in flight or abandoned and not yet forgotten.
-    #[cfg(test)]
-    fn tracked(&self) -> usize {
+    pub fn tracked(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().expect("connection table lock").connections.len())

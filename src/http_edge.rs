@@ -30,7 +30,7 @@ use crate::hang_up;
 use crate::http_response::{self, Framing};
 use crate::limits;
 use crate::log;
-use crate::metrics::{Metrics, RouteLabel};
+use crate::metrics::{Depths, Metrics, RouteLabel};
 use crate::routes::{self, Format, Readiness, Reply, Route};
 use crate::state_owner::{Outcome, Published, StepRequest};
 use crate::watchdog;
@@ -187,6 +187,8 @@ pub struct Edge {
     /// What the hang-up thread is to hang up on (`hang_up.rs`), and the replies being written,
     /// which it watches.
     hang_ups: Arc<hang_up::HangUps>,
+    /// A reader of the step responders' queue, kept only to tell its depth to `/metrics`.
+    replies_depth: std::sync::OnceLock<Receiver<(Ticket, Outcome)>>,
     /// Bounds the `connection_abandoned` lines, one per connection and so at a client's pace.
     abandoned_log: log::Throttle,
     /// Ends the process non-zero, for its supervisor to restart it.
@@ -242,6 +244,7 @@ impl Edge {
             queues: Mutex::new(None),
             kept_connections: AtomicUsize::new(0),
             hang_ups: Arc::default(),
+            replies_depth: std::sync::OnceLock::new(),
             abandoned_log: log::Throttle::new(limits::CLIENT_EVENT_LOG_LINES_PER_S_MAX),
             on_fatal,
         })
@@ -275,6 +278,23 @@ impl Edge {
     /// the same socket, which `/metrics` counts once.
     fn listening_sockets(&self) -> u64 {
         1
+    }
+
+    /// How full the queues and the connection table are, for `/metrics`.
+    fn depths(&self) -> Depths {
+        let (work, steps) = self
+            .queues
+            .lock()
+            .expect("queues lock")
+            .as_ref()
+            .map_or((0, 0), |q| (q.work.len(), q.steps.len()));
+        Depths {
+            work,
+            steps,
+            replies: self.replies_depth.get().map_or(0, Receiver::len),
+            requests_waiting: self.connections.waiting(),
+            connections_tracked: self.connections.tracked(),
+        }
     }
 
     /// The cursor index as last made durable.
@@ -771,7 +791,7 @@ pub fn start(
             }
         })?);
     }
-    drop(reply_rx);
+    let _ = edge.replies_depth.set(reply_rx);
 
     let local_port = listener.local_addr()?.port();
     let edge_for_hang_up = Arc::clone(edge);
@@ -1175,6 +1195,7 @@ fn work(edge: &Edge, jobs: Receiver<Job>) {
                         edge.readiness() == Readiness::Ready,
                         (env!("CARGO_PKG_VERSION"), env!("FIBD_REVISION")),
                         edge.listening_sockets(),
+                        edge.depths(),
                     )),
                     Route::Step(_) => unreachable!("the acceptor sends steps to the state owner"),
                 };
@@ -1283,10 +1304,47 @@ mod tests {
         assert!(work_rx.try_recv().is_ok(), "reads are still served");
     }
 
+    #[test]
+    fn depths_count_what_waits_in_the_queues_and_the_table() {
+        let edge = Edge::new(
+            Arc::new(Published::new(Cursor::at(5).expect("in range"))),
+            Arc::new(Metrics::new()),
+            false,
+            Duration::from_secs(15),
+            Box::new(|why: String| panic!("fatal: {why}")),
+        );
+        let (work, _work_rx) = bounded(8);
+        let (steps, _steps_rx) = bounded(8);
+        *edge.queues.lock().expect("queues lock") = Some(Queues { work, steps });
+        let (replies, replies_rx) = bounded::<(Ticket, Outcome)>(8);
+        let _ = edge.replies_depth.set(replies_rx);
+        dispatch(&edge, get("/current", 40_201));
+        dispatch(&edge, get("/fib/3", 40_202));
+        dispatch(&edge, get("/next", 40_203));
+        // A second request on a connection with one in flight is parked, not queued.
+        dispatch(&edge, get("/current", 40_201));
+        let depths = edge.depths();
+        assert_eq!(
+            (
+                depths.work,
+                depths.steps,
+                depths.replies,
+                depths.requests_waiting,
+                depths.connections_tracked,
+            ),
+            (2, 1, 0, 1, 3)
+        );
+        drop(replies);
+    }
+
     fn counted(edge: &Edge, route: &str, code: u16) -> bool {
-        let text = edge
-            .metrics
-            .render(edge.durable_index(), true, ("test", "test"), 2);
+        let text = edge.metrics.render(
+            edge.durable_index(),
+            true,
+            ("test", "test"),
+            2,
+            edge.depths(),
+        );
         text.contains(&format!(
             "fibd_requests_total{{route=\"{route}\",code=\"{code}\"}} "
         ))

@@ -9,6 +9,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::cursor::Step;
 use crate::routes::Route;
 
+/// How full the edge's bounded queues and its connection table are, read when `/metrics` is
+/// scraped: a queue that stays full, or requests that stay parked, show a stuck consumer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Depths {
+    pub work: usize,
+    pub steps: usize,
+    pub replies: usize,
+    pub requests_waiting: usize,
+    pub connections_tracked: usize,
+}
+
 /// Panics in tiny_http's threads, which fibd survives. A static, since the panic hook that
 /// counts them runs before, and outside, anything that could hand it the `Metrics`.
 pub static TINY_HTTP_PANICS: AtomicU64 = AtomicU64::new(0);
@@ -293,6 +304,7 @@ impl Metrics {
         ready: bool,
         (version, revision): (&str, &str),
         listening: u64,
+        depths: Depths,
     ) -> String {
         let mut out = String::with_capacity(8 * 1024);
         let family = |out: &mut String, name: &str, kind: &str, help: &str| {
@@ -430,6 +442,37 @@ impl Metrics {
             family(&mut out, name, "counter", help);
             let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
         }
+        family(
+            &mut out,
+            "fibd_queue_depth",
+            "gauge",
+            "Items waiting in each bounded queue of 4,096: requests for the workers, steps for the state owner, step replies for the responders. A full queue answers 503.",
+        );
+        for (queue, depth) in [
+            ("work", depths.work),
+            ("steps", depths.steps),
+            ("replies", depths.replies),
+        ] {
+            let _ = writeln!(out, "fibd_queue_depth{{queue=\"{queue}\"}} {depth}");
+        }
+        family(
+            &mut out,
+            "fibd_requests_waiting",
+            "gauge",
+            "Pipelined requests parked behind the one in flight on their connection (at most 8,192).",
+        );
+        let _ = writeln!(out, "fibd_requests_waiting {}", depths.requests_waiting);
+        family(
+            &mut out,
+            "fibd_connections_tracked",
+            "gauge",
+            "Connections in fibd's table: with a request in flight, or abandoned and still watched (at most 65,536).",
+        );
+        let _ = writeln!(
+            out,
+            "fibd_connections_tracked {}",
+            depths.connections_tracked
+        );
         let process = crate::process::Figures::read();
         family(
             &mut out,
@@ -614,13 +657,34 @@ mod tests {
         let m = Metrics::new();
         m.request(RouteLabel::Next, 200, true, Duration::from_micros(300));
         m.request(RouteLabel::Other, 404, false, Duration::from_micros(30));
-        let text = m.render(5, true, ("0.1.0", "1a2b3c4 2026-11-30"), 2);
+        let text = m.render(
+            5,
+            true,
+            ("0.1.0", "1a2b3c4 2026-11-30"),
+            2,
+            Depths {
+                work: 1,
+                steps: 2,
+                replies: 3,
+                requests_waiting: 4,
+                connections_tracked: 5,
+            },
+        );
         assert!(
             text.contains("fibd_requests_total{route=\"/next\",code=\"200\"} 1"),
             "{text}"
         );
         assert!(text.contains("fibd_requests_total{route=\"other\",code=\"404\"} 1"));
         assert!(text.contains("fibd_cursor_index 5"));
+        for line in [
+            "fibd_queue_depth{queue=\"work\"} 1",
+            "fibd_queue_depth{queue=\"steps\"} 2",
+            "fibd_queue_depth{queue=\"replies\"} 3",
+            "fibd_requests_waiting 4",
+            "fibd_connections_tracked 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}\n{text}");
+        }
         assert!(
             text.contains("fibd_build_info{version=\"0.1.0\",revision=\"1a2b3c4 2026-11-30\"} 1")
         );
@@ -633,7 +697,7 @@ mod tests {
     }
 
     fn in_flight_seconds(m: &Metrics) -> f64 {
-        let text = m.render(0, true, ("0.1.0", "unknown"), 1);
+        let text = m.render(0, true, ("0.1.0", "unknown"), 1, Depths::default());
         let line = text
             .lines()
             .find(|l| l.starts_with("fibd_commit_in_flight_seconds "))

@@ -423,6 +423,18 @@ fn a_flood_of_abandoned_connections_is_logged_at_a_bounded_rate() {
     }
     counted(FLOOD);
     let elapsed = started.elapsed();
+    // The table holds each abandoned connection while it is watched (two idle timeouts, 30 s
+    // here), and the scrape's own connection; nothing waits in a queue.
+    let metrics = server.get("/metrics").body;
+    for line in [
+        format!("fibd_connections_tracked {}", FLOOD + 1),
+        "fibd_requests_waiting 0".to_string(),
+        "fibd_queue_depth{queue=\"work\"} 0".to_string(),
+        "fibd_queue_depth{queue=\"steps\"} 0".to_string(),
+        "fibd_queue_depth{queue=\"replies\"} 0".to_string(),
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
     let during = lines().len() as u64;
     let per_s = u64::from(fibd::limits::CLIENT_EVENT_LOG_LINES_PER_S_MAX);
     assert!(
