@@ -131,9 +131,15 @@ fn push_value(line: &mut String, value: &str) {
 
 /// The current time as RFC 3339 UTC with milliseconds, e.g. `2026-11-23T09:30:00.123Z`.
 pub fn timestamp() -> String {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    timestamp_at(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default(),
+    )
+}
+
+/// `since_epoch` as RFC 3339 UTC with milliseconds.
+fn timestamp_at(since_epoch: Duration) -> String {
     let secs = since_epoch.as_secs();
     let (year, month, day) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
@@ -199,6 +205,27 @@ mod tests {
         assert_eq!(throttle.admit(at(6_450)), Some(0));
         assert_eq!(throttle.admit(at(6_499)), None);
         assert_eq!(throttle.admit(at(6_500)), Some(1));
+    }
+
+    #[test]
+    fn timestamps_are_rfc_3339_utc_with_milliseconds() {
+        assert_eq!(
+            timestamp_at(Duration::new(1_795_426_205, 123_456_789)),
+            "2026-11-23T09:30:05.123Z"
+        );
+        assert_eq!(timestamp_at(Duration::ZERO), "1970-01-01T00:00:00.000Z");
+        // The last millisecond of a leap day.
+        assert_eq!(
+            timestamp_at(Duration::new(951_868_799, 999_999_999)),
+            "2000-02-29T23:59:59.999Z"
+        );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_so_a_client_cannot_write_raw_bytes_to_the_log() {
+        let mut line = String::new();
+        push_value(&mut line, "a\u{1}\u{1b}[2J\r\tb");
+        assert_eq!(line, r#""a\x01\x1b[2J\x0d\x09b""#);
     }
 
     #[test]

@@ -593,6 +593,30 @@ mod tests {
     }
 
     #[test]
+    fn a_status_fibd_does_not_know_is_counted_as_other_and_unused_series_are_left_out() {
+        let m = Metrics::new();
+        let render = |m: &Metrics| m.render(0, true, ("v", "r"), 1, Depths::default());
+        assert!(
+            !render(&m).contains("fibd_requests_total{"),
+            "a series is shown before any request"
+        );
+        m.request(RouteLabel::Other, 418, false, Duration::from_micros(10));
+        m.request(RouteLabel::Next, 418, true, Duration::from_micros(10));
+        let text = render(&m);
+        let series: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("fibd_requests_total{"))
+            .collect();
+        assert_eq!(
+            series,
+            [
+                "fibd_requests_total{route=\"/next\",code=\"other\"} 1",
+                "fibd_requests_total{route=\"other\",code=\"other\"} 1",
+            ]
+        );
+    }
+
+    #[test]
     fn route_labels_follow_the_router() {
         assert_eq!(RouteLabel::of_target("/next"), RouteLabel::Next);
         assert_eq!(RouteLabel::of_target("/fib/abc"), RouteLabel::Fib);

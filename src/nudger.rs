@@ -54,10 +54,9 @@ pub fn run(addr: SocketAddr, stopping: impl Fn() -> bool) {
         let queued = baseline.queued_estimate(descriptor_count(), threads);
         let newly_queued = queued.saturating_sub(queued_before);
         queued_before = queued;
-        if gained > 0 || newly_queued > 0 || last_round.elapsed() >= interval {
+        let nudges = nudges(gained, newly_queued, last_round.elapsed() >= interval);
+        if nudges > 0 {
             last_round = Instant::now();
-            let nudges = (1 + gained).min(limits::NUDGES_PER_ROUND_MAX)
-                + newly_queued.min(limits::QUEUED_NUDGES_PER_ROUND_MAX);
             for _ in 0..nudges {
                 // A failed connect is left to the watchdog to judge: a server out of
                 // descriptors or with a full backlog has bigger problems than a queued
@@ -69,6 +68,18 @@ pub fn run(addr: SocketAddr, stopping: impl Fn() -> bool) {
         }
         thread::sleep(Duration::from_millis(limits::NUDGE_POLL_INTERVAL_MS));
     }
+}
+
+/// How many nudges a reading calls for: none unless the threads grew, more connections are
+/// estimated queued, or a round is `due`; then one, one more per thread gained (at most
+/// `NUDGES_PER_ROUND_MAX` in all) and one per connection newly queued (at most
+/// `QUEUED_NUDGES_PER_ROUND_MAX`).
+fn nudges(gained: usize, newly_queued: usize, due: bool) -> usize {
+    if gained == 0 && newly_queued == 0 && !due {
+        return 0;
+    }
+    (1 + gained).min(limits::NUDGES_PER_ROUND_MAX)
+        + newly_queued.min(limits::QUEUED_NUDGES_PER_ROUND_MAX)
 }
 
 /// The descriptor and thread counts when the nudger started, before any client connected.
@@ -99,8 +110,24 @@ impl Baseline {
 
 #[cfg(test)]
 mod tests {
-    use super::Baseline;
+    use super::{Baseline, nudges};
     use crate::limits::TINY_HTTP_POOL_MIN_THREADS as POOL_MIN;
+    use crate::limits::{NUDGES_PER_ROUND_MAX, QUEUED_NUDGES_PER_ROUND_MAX};
+
+    #[test]
+    fn a_reading_calls_for_nudges_only_on_growth_or_when_a_round_is_due() {
+        // Nothing grew and no round is due: no nudge, so an idle fibd nudges a few times a
+        // second, not at every reading.
+        assert_eq!(nudges(0, 0, false), 0);
+        assert_eq!(nudges(0, 0, true), 1);
+        // Each trigger alone starts a round: thread growth, then newly queued connections.
+        assert_eq!(nudges(3, 0, false), 4);
+        assert_eq!(nudges(0, 5, false), 6);
+        assert_eq!(nudges(2, 5, true), 8);
+        // Each part has its own cap.
+        assert_eq!(nudges(100, 0, false), NUDGES_PER_ROUND_MAX);
+        assert_eq!(nudges(0, 1_000, false), 1 + QUEUED_NUDGES_PER_ROUND_MAX);
+    }
 
     /// A fibd with 10 descriptors and 20 threads (tiny_http's idle pool included) before any
     /// client came.
