@@ -87,7 +87,12 @@ impl Throttle {
     /// Whether a line may be written at `now`: `Some` with the number of lines held back since
     /// the last one written, or `None`, counting this one as held back.
     pub fn admit(&self, now: Instant) -> Option<u64> {
-        let mut window = self.window.lock().expect("log throttle lock");
+        // Nothing under this lock can panic, but the panic hook takes it too, where a second
+        // panic would abort the process: a poisoned lock is taken as it is.
+        let mut window = self
+            .window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let expired = window
             .started
             .is_none_or(|started| now.saturating_duration_since(started) >= Duration::from_secs(1));
