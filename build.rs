@@ -39,8 +39,11 @@ fn from_git() -> Option<String> {
     if Path::new(&top).canonicalize().ok()? != here.canonicalize().ok()? {
         return None;
     }
+    // HEAD's reflog changes with every commit, checkout and reset; the branch's own ref file
+    // alone would miss a commit made after `git pack-refs` (which `git gc` runs) removed it.
     for path in [
         "HEAD",
+        "logs/HEAD",
         "packed-refs",
         &git(&["rev-parse", "--symbolic-full-name", "HEAD"])?,
     ] {

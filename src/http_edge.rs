@@ -748,8 +748,8 @@ impl StepReplies {
     /// Hands a finished step to the responders. A full queue blocks, which is the
     /// back-pressure that keeps replies bounded.
     pub fn deliver(&self, ticket: Ticket, outcome: Outcome) {
-        // A responder only ends after every sender is gone, so this cannot fail while the
-        // state owner runs.
+        // The edge keeps a reader of this queue (for its depth in `/metrics`), so a send never
+        // fails; and a responder that panicked has aborted the process.
         let sent = self.queue.send((ticket, outcome));
         assert!(
             sent.is_ok(),

@@ -187,9 +187,10 @@ pub const SHUTDOWN_GRACE_MS: u64 = 1_500;
 pub const COMMIT_STALLED_MS: u64 = 1_000;
 
 /// Lines a second for each event that clients can cause at their own pace (an abandoned
-/// connection, a panic of a tiny_http connection thread); the rest are counted, and the next line written says how many were not. A
-/// flood must not fill the disk, nor spend journald's rate limit (10,000 lines in 30 s by
-/// default, after which it drops lines) on itself, losing the lines that matter.
+/// connection, a panic of a tiny_http connection thread); the rest are counted, and the next
+/// line written says how many were not. A flood must not fill the disk, nor spend journald's
+/// rate limit (10,000 lines in 30 s by default, after which it drops lines) on itself, losing
+/// the lines that matter.
 pub const CLIENT_EVENT_LOG_LINES_PER_S_MAX: u32 = 10;
 
 /// Characters of a request target written to the access log; a long URL is cut, so a hostile

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         let name = thread.name().unwrap_or("");
         match judge_panic(thread.name(), http_edge::starting_accept_loop()) {
             Panic::AcceptLoopStart => {
+                TINY_HTTP_PANICS.fetch_add(1, Ordering::Relaxed);
                 log::warn("tiny_http_panic", &[("thread", &name), ("message", &info)]);
             }
             Panic::Ours => {

@@ -446,7 +446,7 @@ impl Metrics {
             &mut out,
             "fibd_queue_depth",
             "gauge",
-            "Items waiting in each bounded queue of 4,096: requests for the workers, steps for the state owner, step replies for the responders. A full queue answers 503.",
+            "Items waiting in each bounded queue of 4,096: requests for the workers, steps for the state owner, step replies for the responders. A full work or steps queue answers 503; a full replies queue holds up the state owner until the steps queue fills.",
         );
         for (queue, depth) in [
             ("work", depths.work),
