@@ -437,27 +437,23 @@ impl Edge {
             ) {
                 self.hang_ups.request(peer);
             }
-            let Some(suppressed) = self.abandoned_log.admit(Instant::now()) else {
-                return;
-            };
-            let reason_name = reason.as_str();
-            let mut fields: Vec<(&str, &dyn std::fmt::Display)> = vec![
-                ("remote", &peer),
-                ("reason", &reason_name),
-                ("requests_dropped", &count),
-            ];
-            if suppressed > 0 {
-                fields.push(("lines_suppressed", &suppressed));
-            }
             // A request of unclear end that nothing followed yet is most often a client that
             // streamed a body no route takes (`curl -T -` sends it chunked); it is logged, so
             // that what follows from its address can be traced to it, but it is not worth a
             // warning.
-            if count == 0 && reason == Abandoned::FramingLost {
-                log::info("connection_abandoned", &fields);
-            } else {
-                log::warn("connection_abandoned", &fields);
-            }
+            let level = match count == 0 && reason == Abandoned::FramingLost {
+                true => log::Level::Info,
+                false => log::Level::Warn,
+            };
+            self.abandoned_log.event(
+                level,
+                "connection_abandoned",
+                &[
+                    ("remote", &peer),
+                    ("reason", &reason.as_str()),
+                    ("requests_dropped", &count),
+                ],
+            );
         }
     }
 

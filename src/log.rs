@@ -84,9 +84,23 @@ impl Throttle {
         }
     }
 
+    /// Writes one event line, as `event` does, if the throttle admits it now; the first line
+    /// after lines were held back says how many (`lines_suppressed=N`).
+    pub fn event(&self, level: Level, name: &str, fields: &[(&str, &dyn Display)]) {
+        let Some(suppressed) = self.admit(Instant::now()) else {
+            return;
+        };
+        if suppressed == 0 {
+            return event(level, name, fields);
+        }
+        let mut with_count = fields.to_vec();
+        with_count.push(("lines_suppressed", &suppressed));
+        event(level, name, &with_count);
+    }
+
     /// Whether a line may be written at `now`: `Some` with the number of lines held back since
     /// the last one written, or `None`, counting this one as held back.
-    pub fn admit(&self, now: Instant) -> Option<u64> {
+    fn admit(&self, now: Instant) -> Option<u64> {
         // Nothing under this lock can panic, but the panic hook takes it too, where a second
         // panic would abort the process: a poisoned lock is taken as it is.
         let mut window = self

@@ -51,20 +51,16 @@ fn main() -> ExitCode {
             Panic::TinyHttp => {
                 TINY_HTTP_PANICS.fetch_add(1, Ordering::Relaxed);
                 let accept = http_edge::tiny_http_panicked(file, message);
+                let fields: [(&str, &dyn std::fmt::Display); 2] =
+                    [("accept_thread", &accept), ("message", &info)];
                 // A connection thread's panic is a client's doing (one that resets its
                 // connection before tiny_http reads its address panics one), so it is logged
                 // at a bounded rate; an accept thread's is rare, and each one matters.
-                let suppressed = match accept {
-                    true => Some(0),
-                    false => CONNECTION_PANIC_LOG.admit(Instant::now()),
-                };
-                if let Some(suppressed) = suppressed {
-                    let mut fields: Vec<(&str, &dyn std::fmt::Display)> =
-                        vec![("accept_thread", &accept), ("message", &info)];
-                    if suppressed > 0 {
-                        fields.push(("lines_suppressed", &suppressed));
+                match accept {
+                    true => log::warn("tiny_http_panic", &fields),
+                    false => {
+                        CONNECTION_PANIC_LOG.event(log::Level::Warn, "tiny_http_panic", &fields)
                     }
-                    log::warn("tiny_http_panic", &fields);
                 }
             }
         }
