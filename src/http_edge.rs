@@ -441,9 +441,10 @@ impl Edge {
             // streamed a body no route takes (`curl -T -` sends it chunked); it is logged, so
             // that what follows from its address can be traced to it, but it is not worth a
             // warning.
-            let level = match count == 0 && reason == Abandoned::FramingLost {
-                true => log::Level::Info,
-                false => log::Level::Warn,
+            let level = if count == 0 && reason == Abandoned::FramingLost {
+                log::Level::Info
+            } else {
+                log::Level::Warn
             };
             self.abandoned_log.event(
                 level,

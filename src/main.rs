@@ -56,11 +56,10 @@ fn main() -> ExitCode {
                 // A connection thread's panic is a client's doing (one that resets its
                 // connection before tiny_http reads its address panics one), so it is logged
                 // at a bounded rate; an accept thread's is rare, and each one matters.
-                match accept {
-                    true => log::warn("tiny_http_panic", &fields),
-                    false => {
-                        CONNECTION_PANIC_LOG.event(log::Level::Warn, "tiny_http_panic", &fields)
-                    }
+                if accept {
+                    log::warn("tiny_http_panic", &fields);
+                } else {
+                    CONNECTION_PANIC_LOG.event(log::Level::Warn, "tiny_http_panic", &fields);
                 }
             }
         }
