@@ -1,8 +1,10 @@
 //! The state file on disk: creating it atomically, locking it, recovering the cursor from it,
 //! and committing a new cursor durably. Only the state owner thread calls `commit`.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -288,9 +290,7 @@ fn create(path: &Path) -> Result<(), Error> {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |since| since.subsec_nanos());
-        let mut temp_name = file_name.to_os_string();
-        temp_name.push(format!(".new.{}.{nanos}", std::process::id()));
-        let temp = directory_of(path).join(temp_name);
+        let temp = directory_of(path).join(temp_name(file_name, std::process::id(), nanos));
         match write_new(&temp) {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 attempt += 1;
@@ -308,6 +308,24 @@ fn create(path: &Path) -> Result<(), Error> {
     });
     let _ = fs::remove_file(&temp);
     result.map_err(|e| Error::io(Operation::Create, path, e))
+}
+
+/// The longest file name Linux's file systems take (NAME_MAX): ext4, XFS, btrfs, tmpfs and
+/// overlayfs all allow 255 bytes.
+const FILE_NAME_BYTES_MAX: usize = 255;
+
+/// The temporary name for creating `file_name`: the state file's name, so that a leftover of
+/// a crash is easy to attribute, then `.new.PID.NANOS`. The borrowed part is shortened when
+/// needed, so that any state-file name that fits in a directory also has a temporary name
+/// that fits.
+fn temp_name(file_name: &OsStr, pid: u32, nanos: u32) -> OsString {
+    let suffix = format!(".new.{pid}.{nanos}");
+    let kept = file_name
+        .len()
+        .min(FILE_NAME_BYTES_MAX.saturating_sub(suffix.len()));
+    let mut name = OsString::from_vec(file_name.as_bytes()[..kept].to_vec());
+    name.push(suffix);
+    name
 }
 
 fn directory_of(path: &Path) -> PathBuf {
@@ -376,6 +394,37 @@ mod tests {
         let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temporary file left behind");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_state_file_name_as_long_as_the_file_system_allows_can_be_created() {
+        let dir = temp_dir("long-name");
+        let name = "f".repeat(FILE_NAME_BYTES_MAX);
+        let path = dir.join(&name);
+        let (mut state, recovered) = StateFile::open(&path).unwrap();
+        assert_eq!(recovered.slot.cursor, Cursor::START);
+        state.commit(Cursor::at(5).unwrap()).unwrap();
+        drop(state);
+        let (_, recovered) = StateFile::open(&path).unwrap();
+        assert_eq!(recovered.slot.cursor.index(), 5);
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [OsString::from(name)], "temporary file left behind");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_temporary_name_borrows_the_state_file_name_and_stays_within_name_max() {
+        let short = temp_name(OsStr::new("fibd.state"), 4_194_304, 999_999_999);
+        assert_eq!(short, "fibd.state.new.4194304.999999999");
+        let long_name = "x".repeat(FILE_NAME_BYTES_MAX);
+        let long = temp_name(OsStr::new(&long_name), 4_194_304, 999_999_999);
+        assert_eq!(long.len(), FILE_NAME_BYTES_MAX);
+        let long = long.to_str().unwrap();
+        assert!(long.starts_with("xxxx"), "{long}");
+        assert!(long.ends_with("x.new.4194304.999999999"), "{long}");
     }
 
     /// Records what a commit does to the file, and fails the fdatasync when told to.
