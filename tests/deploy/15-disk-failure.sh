@@ -6,9 +6,10 @@
 # (an fdatasync that does not return): it must show in /metrics and /readyz, leave reads
 # answering, make a stop exit 1, and, once the disk answers, leave fibd ready again; a
 # failed fsync of the state file's directory at start-up; during a stall, a client that
-# does not read its refusals, which must not hold up reads; and a failed fsync of a new state
-# file before it is linked into place. The unit tests inject the same
-# faults below the file API; this is the whole process, signals and exit codes included.
+# does not read its refusals, which must not hold up reads; a failed fsync of a new state
+# file before it is linked into place; and a file system that has no hard links. The unit
+# tests inject the same faults below the file API; this is the whole process, signals and
+# exit codes included.
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
 need_root
@@ -267,3 +268,15 @@ check "the fsync that failed was the new file's, under its temporary name" \
     grep -q "^[0-9]* *fsync([0-9]*<$fresh/fibd\.state\.new\.[0-9.]*>) = -1 EIO" "$WORK/trace-create" || true
 check_eq "nothing was linked, and nothing is left in the directory" \
     "$(grep -c linkat "$WORK/trace-create")/$(ls -A "$fresh")" "0/" || true
+
+# 9. A file system without hard links (vfat, some CIFS mounts) refuses the link that puts a
+# new state file in place, with EPERM: fibd must say so, exit 1 and leave nothing behind.
+nolinks="$WORK/nolinks"
+mkdir -p "$nolinks"
+rc=0
+timeout 10 strace -f -qq -o /dev/null -e trace=link,linkat -e inject=link,linkat:error=EPERM \
+    "$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$nolinks/fibd.state" 2>"$WORK/stderr-nolinks" || rc=$?
+check_eq "a refused hard link of a new state file exits 1" "$rc" "1" || true
+check "it is logged as the state file's creation failing" \
+    grep -q "event=state_file_unusable error=\"cannot create state file $nolinks/fibd.state: Operation not permitted" "$WORK/stderr-nolinks" || true
+check_eq "and nothing is left in the directory" "$(ls -A "$nolinks")" "" || true
