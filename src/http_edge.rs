@@ -879,7 +879,17 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
         };
         let started = Instant::now();
         let Err(err) = serve(edge, &server, None) else {
-            return; // Shutdown: `serve` drained what the loop had queued.
+            // Shutdown: `serve` routed what the loop had queued. tiny_http's `Server`, as it is
+            // dropped, connects to its own address to wake its accept thread; with the listen
+            // queue full and that thread dead or stalled, the connect waits through SYN
+            // retries, for minutes. So it is dropped on a thread of its own, which nothing
+            // waits for, and the acceptor goes on to close the queues. (If no thread can be
+            // spawned, it is dropped here, as before.) Our copy of the listening socket is
+            // closed first: if the accept thread has died, no one else holds the socket, and
+            // the connect is refused at once.
+            drop(listener);
+            let _ = spawn("acceptor-end", move || drop(server));
+            return;
         };
         log::warn("accept_failed", &[("error", &err.message)]);
         edge.metrics.accept_failures.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# A shutdown while tiny_http's accept thread is stalled and the listen queue is full. As
+# tiny_http's Server is dropped, it connects to its own address to wake its accept thread;
+# with the queue full that connect waits through SYN retries. fibd must not wait for it: its
+# stop must still be clean (level=info, no "grace period over" note) and prompt. strace
+# stalls the accept thread (a delay before each accept4); python3 fills the queue with
+# connections that are never accepted.
+# shellcheck source=tests/deploy/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+if ! command -v strace >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; then
+    skip "a stalled accept thread at shutdown" "strace or python3 is not installed"
+    exit 0
+fi
+if ! strace -qq -o /dev/null true 2>/dev/null; then
+    skip "a stalled accept thread at shutdown" "ptrace is not permitted here"
+    exit 0
+fi
+if [ "$(uname -m)" != x86_64 ]; then
+    skip "a stalled accept thread at shutdown" "the accept4 system call number below is x86_64's"
+    exit 0
+fi
+
+start_bare || exit 0
+
+# The accept thread is the one thread blocked in accept4 (system call 288 on x86_64).
+accepting=()
+for task in /proc/"$pid"/task/*; do
+    read -r nr _ <"$task/syscall" 2>/dev/null || continue
+    [ "$nr" = 288 ] && accepting+=("${task##*/}")
+done
+check_eq "one thread of fibd waits in accept4" "${#accepting[@]}" "1" || exit 0
+tid=${accepting[0]}
+
+# Every accept4 of that thread, from its next one on, waits 6 s first: the stall.
+strace -qq -p "$tid" -o /dev/null -e trace=accept4 -e inject=accept4:delay_enter=6000000 &
+on_exit "kill_wait $!"
+wait_for 10 grep -Eq 'TracerPid:[[:space:]]*[1-9]' "/proc/$pid/task/$tid/status" || true
+# One connection, so that the thread enters a stalled accept4 even if the attach did not
+# restart the one it was in. (Opened and closed; its answer is not awaited.)
+(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || true
+
+python3 - "$port" <<'PY' &
+import socket, sys, time
+port = int(sys.argv[1])
+held = []
+for _ in range(1300):  # more than fibd's listen backlog of 1024
+    s = socket.socket()
+    s.setblocking(False)
+    try:
+        s.connect(("127.0.0.1", port))
+    except BlockingIOError:
+        pass
+    held.append(s)
+time.sleep(20)
+PY
+on_exit "kill_wait $!"
+# queued: how many connections wait in the listen queue.
+queued() { ss -Hltn "sport = :$port" | awk '{ print $2 }'; }
+wait_for 10 sh -c "[ \"\$(ss -Hltn 'sport = :$port' | awk '{ print \$2 }')\" -ge 1024 ]" || true
+check "the listen queue is full ($(queued) waiting)" test "$(queued)" -ge 1024 || true
+
+kill -TERM "$pid"
+wait_for 5 grep -q 'event=stopped' "$WORK/stderr" || true
+stopped=$(grep 'event=stopped' "$WORK/stderr" || true)
+info "$stopped"
+check "the stop is clean: info, no grace-period note, exit 0" \
+    sh -c "printf '%s\n' '$stopped' | grep -q 'level=info event=stopped index=[0-9]* exit=0\$'" || true
+shutdown_ms=$(sed -n 's/^ts=[^ ]*T\([0-9:]*\)\.\([0-9]*\)Z.*event=shutdown.*/\1.\2/p' "$WORK/stderr")
+stopped_ms=$(sed -n 's/^ts=[^ ]*T\([0-9:]*\)\.\([0-9]*\)Z.*event=stopped.*/\1.\2/p' "$WORK/stderr")
+info "shutdown at $shutdown_ms, stopped at $stopped_ms (UTC)"
+# The process itself ends once strace lets the stalled thread go (up to 6 s): the kernel
+# finishes a traced thread's exit only when its tracer resumes it.
+rc=0
+wait "$pid" || rc=$?
+check_eq "fibd exits 0" "$rc" "0" || true
