@@ -49,6 +49,20 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<Vec<String>>>,
+    /// The thread copying fibd's stderr into `log`; it ends at end of file.
+    reader: std::thread::JoinHandle<()>,
+}
+
+/// How long, after fibd has exited, its last lines may take to reach the log. The reader
+/// thread ends at end of file, normally within microseconds; a starved one can take longer.
+const LOG_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits until `reader` has copied all of a dead process's stderr, up to `LOG_DRAIN_TIMEOUT`.
+fn drain_log(reader: &std::thread::JoinHandle<()>) {
+    let deadline = Instant::now() + LOG_DRAIN_TIMEOUT;
+    while !reader.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 impl Server {
@@ -77,7 +91,7 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         let sink = Arc::clone(&log);
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 // Recorded before it is announced, so the start line is in the log by the
@@ -96,11 +110,11 @@ impl Server {
                     child,
                     addr: addr.parse().expect("listen= is an address"),
                     log,
+                    reader,
                 });
             }
             if let Ok(Some(status)) = child.try_wait() {
-                // Let the reader thread collect the last lines.
-                std::thread::sleep(Duration::from_millis(50));
+                drain_log(&reader);
                 let lines = log.lock().unwrap().clone();
                 return Err((Some(status), lines));
             }
@@ -148,7 +162,7 @@ impl Server {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(50));
+                drain_log(&self.reader);
                 return Some(status);
             }
             std::thread::sleep(Duration::from_millis(10));
