@@ -2,10 +2,10 @@
 # Deployment tests (issue 4): the static binary in an empty chroot, a failing disk
 # (strace injects EIO into the real binary's fdatasync), a connection flood past a task
 # limit (prlimit --nproc), clients that reset their connections early, a stop while the
-# accept thread is stalled and the listen queue full, the scratch container under podman,
-# the systemd unit under a real systemd (in a container), the OpenRC service under a real
-# supervise-daemon (in a PID and mount namespace), install.sh under both, and
-# scripts/smoke.sh itself.
+# accept thread is stalled and the listen queue full, an accept that times out, the scratch
+# container under podman, the systemd unit under a real systemd (in a container), the OpenRC
+# service under a real supervise-daemon (in a PID and mount namespace), install.sh under
+# both, and scripts/smoke.sh itself.
 #
 # Usage: scripts/test-deploy.sh [TEST...]   e.g. scripts/test-deploy.sh 30-container
 #

@@ -891,8 +891,25 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
             let _ = spawn("acceptor-end", move || drop(server));
             return;
         };
-        log::warn("accept_failed", &[("error", &err.message)]);
-        edge.metrics.accept_failures.fetch_add(1, Ordering::Relaxed);
+        if err.idled {
+            // Not a failure to accept: no client was refused, so neither the log's failures
+            // nor `fibd_accept_failures_total` (whose alert reads "descriptors or threads ran
+            // out") count it. Its connections are served on, and a new loop takes over.
+            log::warn(
+                "accept_idled",
+                &[
+                    ("error", &err.message),
+                    (
+                        "note",
+                        &"nothing connected for a whole idle timeout, not even fibd's own \
+                          probes (a starved or stalled process); accept loop restarted",
+                    ),
+                ],
+            );
+        } else {
+            log::warn("accept_failed", &[("error", &err.message)]);
+            edge.metrics.accept_failures.fetch_add(1, Ordering::Relaxed);
+        }
         if err.out_of_resources {
             shed_backlog(edge, &listener);
         }
@@ -941,6 +958,11 @@ struct LoopFailed {
     /// Descriptors or threads ran out. The backlog is then shed, since no connection in it
     /// could be served.
     out_of_resources: bool,
+    /// `accept` timed out: the listening socket's receive timeout, which accepted sockets
+    /// inherit as their idle timeout, also bounds an idle `accept`, and nothing connected for
+    /// that long, not even the watchdog's probes, which come several times per timeout. The
+    /// process was starved of CPU or stopped; nothing ran out.
+    idled: bool,
 }
 
 /// Starts a tiny_http server (its accept loop) on a copy of `listener`. When no thread can
@@ -952,6 +974,7 @@ fn start_accept_loop(listener: &TcpListener) -> Result<Server, LoopFailed> {
     let copy = listener.try_clone().map_err(|err| LoopFailed {
         message: format!("cannot copy the listening socket: {err}"),
         out_of_resources: out_of_descriptors(&err),
+        idled: false,
     })?;
     STARTING_ACCEPT_LOOP.set(true);
     let started = panic::catch_unwind(AssertUnwindSafe(|| Server::from_listener(copy, None)));
@@ -961,6 +984,7 @@ fn start_accept_loop(listener: &TcpListener) -> Result<Server, LoopFailed> {
         Ok(Err(err)) => Err(LoopFailed {
             message: err.to_string(),
             out_of_resources: out_of_resources(&format!("{err:?}")),
+            idled: false,
         }),
         Err(payload) => {
             let message = payload
@@ -971,6 +995,7 @@ fn start_accept_loop(listener: &TcpListener) -> Result<Server, LoopFailed> {
             Err(LoopFailed {
                 message: format!("tiny_http could not start: {message}"),
                 out_of_resources: out_of_resources(message),
+                idled: false,
             })
         }
     }
@@ -1000,12 +1025,14 @@ fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> Result<(),
                                   threads ran out"
                             .to_string(),
                         out_of_resources: true,
+                        idled: false,
                     });
                 }
                 _ => {
                     return Err(LoopFailed {
                         message: "tiny_http's accept thread panicked".to_string(),
                         out_of_resources: false,
+                        idled: false,
                     });
                 }
             }
@@ -1038,6 +1065,10 @@ fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> Result<(),
                     message: err.to_string(),
                     // ENFILE or EMFILE: the system's or the process's descriptors ran out.
                     out_of_resources: out_of_descriptors(&err),
+                    idled: matches!(
+                        err.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ),
                 });
             }
             Err(_) => {}

@@ -550,12 +550,14 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     let dir = TempDir::new("idle");
     let server = Server::start(&dir.join("fibd.state"), &["--idle-timeout-ms", "300"]);
     let mut stream = connect(server.addr);
+    // The server's idle clock cannot start before the request is sent; it may start before
+    // this thread has read the reply, if this thread is slow to run.
+    let idle_from = Instant::now();
     stream
         .write_all(b"GET /current HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     assert_eq!(read_reply(&mut reader, false).unwrap().status, 200);
-    let idle_from = Instant::now();
     let mut rest = Vec::new();
     // The server closes the keep-alive connection: read returns EOF (or a reset).
     let _ = reader.read_to_end(&mut rest);
@@ -571,14 +573,15 @@ fn idle_connections_are_closed_after_the_idle_timeout() {
     let started = Instant::now();
     let _ = slow.read_to_end(&mut rest);
     assert!(started.elapsed() < Duration::from_secs(5));
-    // And the server still serves, long after several idle timeouts of its accept loop.
+    // And the server still serves, long after several idle timeouts of its accept loop: its
+    // own probes keep `accept` from timing out. On a box so busy that fibd does not run for a
+    // whole timeout, one may end the loop (`accept_idled`, then a new loop); without the
+    // probes, every timeout would, about seven times here.
     std::thread::sleep(Duration::from_millis(1200));
     assert_eq!(server.value("/current"), "0");
-    assert!(
-        !server.log_text().contains("event=accept_failed"),
-        "{}",
-        server.log_text()
-    );
+    let log = server.log_text();
+    assert!(!log.contains("event=accept_failed"), "{log}");
+    assert!(log.matches("event=accept_idled").count() <= 2, "{log}");
 }
 
 #[test]

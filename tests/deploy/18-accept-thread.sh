@@ -1,23 +1,32 @@
 #!/usr/bin/env bash
-# A shutdown while tiny_http's accept thread is stalled and the listen queue is full. As
+# tiny_http's accept thread, stalled or idle, with strace holding fibd's system calls.
+#
+# 1. A shutdown while the accept thread is stalled and the listen queue is full. As
 # tiny_http's Server is dropped, it connects to its own address to wake its accept thread;
 # with the queue full that connect waits through SYN retries. fibd must not wait for it: its
 # stop must still be clean (level=info, no "grace period over" note) and prompt. strace
 # stalls the accept thread (a delay before each accept4); python3 fills the queue with
 # connections that are never accepted.
+#
+# 2. An accept that times out. The listening socket's receive timeout (the idle timeout its
+# connections inherit) also ends an accept that waits that long; fibd's own probes keep that
+# from happening, unless fibd does not run. strace holds every connect of fibd's for 1 s, so
+# no probe arrives: tiny_http's accept loop ends on the timeout, and fibd must restart it,
+# log it as event=accept_idled and not count it as a failure to accept (whose alert says
+# descriptors or threads ran out).
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
 
 if ! command -v strace >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; then
-    skip "a stalled accept thread at shutdown" "strace or python3 is not installed"
+    skip "the accept thread stalled" "strace or python3 is not installed"
     exit 0
 fi
 if ! strace -qq -o /dev/null true 2>/dev/null; then
-    skip "a stalled accept thread at shutdown" "ptrace is not permitted here"
+    skip "the accept thread stalled" "ptrace is not permitted here"
     exit 0
 fi
 if [ "$(uname -m)" != x86_64 ]; then
-    skip "a stalled accept thread at shutdown" "the accept4 system call number below is x86_64's"
+    skip "the accept thread stalled" "the accept4 system call number below is x86_64's"
     exit 0
 fi
 
@@ -74,3 +83,24 @@ info "shutdown at $shutdown_ms, stopped at $stopped_ms (UTC)"
 rc=0
 wait "$pid" || rc=$?
 check_eq "fibd exits 0" "$rc" "0" || true
+
+# 2. Every connect of fibd's (the watchdog's probes, the nudger's) held for 1 s, for 3 s.
+"$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$WORK/idle.state" --idle-timeout-ms 300 \
+    2>"$WORK/stderr-idle" &
+pid=$!
+on_exit "kill_wait $pid"
+wait_for 10 grep -q 'event=start' "$WORK/stderr-idle" || true
+port=$(sed -n 's/.*event=start.* listen=[^ ]*:\([0-9][0-9]*\) .*/\1/p' "$WORK/stderr-idle")
+timeout 3 strace -f -qq -p "$pid" -o /dev/null -e trace=connect \
+    -e inject=connect:delay_enter=1000000 || true
+check "the accept loop ended on its timeout, and this was logged as accept_idled" \
+    grep -q 'level=warn event=accept_idled ' "$WORK/stderr-idle" || true
+info "$(grep -c event=accept_idled "$WORK/stderr-idle") accept_idled lines in 3 s"
+check_eq "fibd serves on" "$(http "http://127.0.0.1:$port/current" || true)" "0" || true
+check_eq "no failure to accept was logged or counted" \
+    "$(grep -c event=accept_failed "$WORK/stderr-idle")/$(http "http://127.0.0.1:$port/metrics" | sed -n 's/^fibd_accept_failures_total //p')" \
+    "0/0" || true
+rc=0
+kill -TERM "$pid"
+wait "$pid" || rc=$?
+check_eq "and stops cleanly (exit 0)" "$rc" "0" || true
