@@ -35,7 +35,8 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets --quiet -- -D warnings
 
 step "cargo test"
-cargo test --locked 2>&1 | tee /tmp/fibd-cargo-test.$$ | grep -Ev '^test .* \.\.\. ok$'
+# --no-fail-fast: one failing test binary must not hide what the others would report.
+cargo test --locked --no-fail-fast 2>&1 | tee /tmp/fibd-cargo-test.$$ | grep -Ev '^test .* \.\.\. ok$'
 summary=$(grep -E '^test result:' /tmp/fibd-cargo-test.$$ | awk '{p += $4; f += $6} END {print p+0, f+0}')
 rm -f /tmp/fibd-cargo-test.$$
 read -r rust_passed rust_failed <<<"$summary"
