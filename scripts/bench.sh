@@ -45,6 +45,8 @@ set -Eeuo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# shellcheck source=scripts/children.sh
+. scripts/children.sh
 
 DURATION="${BENCH_DURATION:-30}"
 RATE="${BENCH_RATE:-1000}"
@@ -94,7 +96,7 @@ cleanup() {
         podman rm -f -t 2 "$c" >/dev/null 2>&1
     done
     for p in "${pids[@]}"; do
-        if kill -0 "$p" 2>/dev/null; then
+        if is_child "$p"; then
             kill -TERM "$p" 2>/dev/null
             for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
             kill -KILL "$p" 2>/dev/null

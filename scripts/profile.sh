@@ -24,6 +24,8 @@
 #   PROFILE_INSTALL [1]        0 fails instead of installing valgrind, wrk or curl
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/children.sh
+. scripts/children.sh
 root="$(pwd)"
 
 LOAD="${PROFILE_LOAD:-reads}"
@@ -58,7 +60,7 @@ pids=()
 cleanup() {
     local rc=$?
     set +e
-    for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done
+    for p in "${pids[@]}"; do is_child "$p" && kill -KILL "$p" 2>/dev/null; done
     wait 2>/dev/null
     rm -rf "$work"
     exit "$rc"

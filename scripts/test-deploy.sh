@@ -18,6 +18,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
+# shellcheck source=scripts/children.sh
+. scripts/children.sh
 export FIBD_TEST_CACHE=${FIBD_TEST_CACHE:-/var/cache/fibd-test}
 started=$SECONDS
 
@@ -77,7 +79,7 @@ prefetch=()
 cleanup() {
     local p
     for p in "${prefetch[@]}"; do
-        kill -- "-$p" 2>/dev/null || true
+        if is_child "$p"; then kill -- "-$p" 2>/dev/null || true; fi
     done
     rm -rf "$logdir"
 }

@@ -4,6 +4,8 @@
 # their unit tests. Installs promtool (Debian's prometheus package) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/children.sh
+. scripts/children.sh
 
 passed=0
 failed=0
@@ -33,7 +35,7 @@ bin=${FIBD_BIN:-target/debug/fibd}
 work=$(mktemp -d)
 pid=
 cleanup() {
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+    [ -n "$pid" ] && is_child "$pid" && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
     rm -rf "$work"
 }
 trap cleanup EXIT

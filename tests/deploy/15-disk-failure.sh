@@ -104,9 +104,9 @@ strace -f -qq -o /dev/null -e trace=fdatasync -e inject=fdatasync:error=EIO:when
     "$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$state" 2>"$WORK/stderr" &
 pid=$!
 # Here $pid is strace's; killing it would leave fibd running, detached: kill fibd first.
-on_exit "pkill -9 -P $pid; kill_wait $pid"
+on_exit "is_child $pid && pkill -9 -P $pid; kill_wait $pid"
 wait_exit
-pkill -9 -P "$pid" 2>/dev/null || true
+if is_child "$pid"; then pkill -9 -P "$pid" 2>/dev/null || true; fi
 check_eq "a failed start-up fdatasync exits 1" "$rc" "1" || true
 check "it is logged as an unusable state file, naming the operation" \
     grep -q "event=state_file_unusable error=\"cannot fdatasync state file $state: " "$WORK/stderr" || true

@@ -9,6 +9,9 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 SMOKE="$REPO/scripts/smoke.sh"
+# is_child: cleanups signal only processes that are still our children.
+# shellcheck source=scripts/children.sh
+. "$REPO/scripts/children.sh"
 # Slow-to-build things (debootstrap roots, the systemd image) live outside the
 # work tree so a second run is fast.
 CACHE=${FIBD_TEST_CACHE:-/var/cache/fibd-test}
@@ -127,8 +130,10 @@ wait_ready() {
     done
 }
 
-# kill_wait PID: SIGKILL a child and reap it, without bash's "Killed" notice.
+# kill_wait PID: SIGKILL a child and reap it, without bash's "Killed" notice; nothing if it
+# is no longer our child.
 kill_wait() {
+    is_child "$1" || return 0
     { kill -9 "$1" && wait "$1"; } 2>/dev/null || true
 }
 
@@ -302,7 +307,7 @@ start_openrc_ns() {
     local up=$!
     # Killed by the cleanup; bash need not report that.
     disown "$up"
-    on_exit "kill -9 $up"
+    on_exit "kill_wait $up"
     nspid=
     local i
     for ((i = 0; i < 50; i++)); do
@@ -312,7 +317,7 @@ start_openrc_ns() {
     done
     [ -n "$nspid" ] || return 1
     # Killing the namespace's init kills everything in it.
-    on_exit "kill -9 $nspid"
+    on_exit "is_child $nspid $up && kill -9 $nspid"
     wait_for 10 inns test -f /run/openrc/softlevel
 }
 inns() { nsenter -t "$nspid" -m -p -r -w -- "$@"; }
