@@ -879,16 +879,8 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
         };
         let started = Instant::now();
         let Err(err) = serve(edge, &server, None) else {
-            // Shutdown: `serve` routed what the loop had queued. tiny_http's `Server`, as it is
-            // dropped, connects to its own address to wake its accept thread; with the listen
-            // queue full and that thread dead or stalled, the connect waits through SYN
-            // retries, for minutes. So it is dropped on a thread of its own, which nothing
-            // waits for, and the acceptor goes on to close the queues. (If no thread can be
-            // spawned, it is dropped here, as before.) Our copy of the listening socket is
-            // closed first: if the accept thread has died, no one else holds the socket, and
-            // the connect is refused at once.
-            drop(listener);
-            let _ = spawn("acceptor-end", move || drop(server));
+            // Shutdown: `serve` routed what the loop had queued.
+            let_go(listener, server);
             return;
         };
         if err.idled {
@@ -918,6 +910,7 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
                 "{} accept loops failed and are still draining",
                 limits::RETIRED_ACCEPT_LOOPS_MAX
             ));
+            let_go(listener, server);
             return;
         }
         let server = Arc::new(server);
@@ -942,14 +935,27 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
             edge.bury(server);
             edge.retired_loops.fetch_sub(1, Ordering::AcqRel);
         }
-        // A loop that failed quickly will likely fail again at once: back off.
-        if started.elapsed() < Duration::from_millis(limits::ACCEPT_RETRY_MAX_MS) {
+        // A loop that failed quickly will likely fail again at once: back off. One that idled
+        // out has not failed: a new loop starts at once.
+        if !err.idled && started.elapsed() < Duration::from_millis(limits::ACCEPT_RETRY_MAX_MS) {
             thread::sleep(retry);
             retry = (retry * 2).min(Duration::from_millis(limits::ACCEPT_RETRY_MAX_MS));
         } else {
             retry = Duration::from_millis(limits::ACCEPT_RETRY_FIRST_MS);
         }
     }
+}
+
+/// Ends the acceptor's hold on the listening socket and on its last accept loop, without
+/// waiting. tiny_http's `Server`, as it is dropped, connects to its own address to wake its
+/// accept thread; with the listen queue full and that thread dead or stalled, the connect
+/// waits through SYN retries, for minutes, and the acceptor must go on to close the queues.
+/// So the server is dropped on a thread of its own, which nothing waits for (if no thread can
+/// be spawned, it is dropped here). Our copy of the listening socket is closed first: if the
+/// accept thread has died, no one else holds the socket, and the connect is refused at once.
+fn let_go(listener: TcpListener, server: Server) {
+    drop(listener);
+    let _ = spawn("acceptor-end", move || drop(server));
 }
 
 /// Why an accept loop ended, other than for shutdown, or could not start.
