@@ -98,8 +98,8 @@ cleanup() {
     for p in "${pids[@]}"; do
         if is_child "$p"; then
             kill -TERM "$p" 2>/dev/null
-            for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$p" 2>/dev/null || break; sleep 0.2; done
-            kill -KILL "$p" 2>/dev/null
+            for _ in 1 2 3 4 5 6 7 8 9 10; do is_child "$p" || break; sleep 0.2; done
+            if is_child "$p"; then kill -KILL "$p" 2>/dev/null; fi
         fi
     done
     wait 2>/dev/null

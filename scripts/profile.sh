@@ -111,7 +111,9 @@ total_instructions() {
         awk '/PROGRAM TOTALS/ && !found { gsub(",", "", $1); print $1; found = 1 }'
 }
 
-# profile_fibd OUTFILE: fibd under callgrind and wrk; prints the requests it answered.
+# profile_fibd OUTFILE COUNTFILE: fibd under callgrind and wrk; writes the requests it
+# answered to COUNTFILE. (Not run in a command substitution: a subshell's `pids+=` would be
+# lost, and its processes left running by a `die`.)
 profile_fibd() {
     local out="$1" port pid answered
     port="$(free_port)"
@@ -134,10 +136,11 @@ profile_fibd() {
     kill -INT "$pid"
     wait "$pid" || die "fibd under valgrind exited non-zero (log: $(tail -3 "$work/fibd.log"))"
     [ "$answered" -gt 0 ] || die "fibd answered nothing"
-    echo "$answered"
+    echo "$answered" >"$2"
 }
 
-# profile_alone OUTFILE: tiny_http alone under callgrind and wrk; prints the requests answered.
+# profile_alone OUTFILE COUNTFILE: tiny_http alone under callgrind and wrk; writes the
+# requests answered to COUNTFILE.
 profile_alone() {
     local out="$1" port pid fibd_port fibd_pid
     rm -f "$out" "$out".[0-9]*
@@ -164,12 +167,13 @@ profile_alone() {
     callgrind_control -d "$pid" >/dev/null 2>&1
     kill -KILL "$pid"
     wait "$pid" 2>/dev/null || true
-    awk '/requests in/ { print $1 + 2; exit }' "$work/wrk-alone.txt"
+    awk '/requests in/ { print $1 + 2; exit }' "$work/wrk-alone.txt" >"$2"
 }
 
 log "fibd under callgrind: $LOAD, ${SECONDS_OF_LOAD}s of wrk at 100 connections"
 fibd_out="$OUT/fibd-$LOAD.callgrind"
-fibd_requests="$(profile_fibd "$fibd_out")"
+profile_fibd "$fibd_out" "$work/fibd.requests"
+fibd_requests="$(cat "$work/fibd.requests")"
 fibd_total="$(total_instructions "$fibd_out")"
 echo "fibd ($LOAD): $fibd_requests requests, $((fibd_total / fibd_requests)) instructions per request"
 echo "  fibd's functions over $LISTED_INSTRUCTIONS_MIN instructions per request (inclusive):"
@@ -187,7 +191,8 @@ echo "  callgrind file: $fibd_out"
 if [ "$ALONE" = 1 ]; then
     log "tiny_http alone under callgrind: reads, ${SECONDS_OF_LOAD}s of wrk at 100 connections"
     alone_out="$OUT/tiny_http_alone.callgrind"
-    alone_requests="$(profile_alone "$alone_out")"
+    profile_alone "$alone_out" "$work/alone.requests"
+    alone_requests="$(cat "$work/alone.requests")"
     # callgrind_control's first dump goes to OUTFILE.1.
     alone_file="$alone_out.1"
     [ -s "$alone_file" ] || die "callgrind wrote no profile for tiny_http alone"

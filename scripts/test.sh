@@ -36,6 +36,7 @@ cargo clippy --locked --all-targets --quiet -- -D warnings
 
 step "cargo test"
 # --no-fail-fast: one failing test binary must not hide what the others would report.
+trap 'rm -f /tmp/fibd-cargo-test.$$' EXIT
 cargo test --locked --no-fail-fast 2>&1 | tee /tmp/fibd-cargo-test.$$ | grep -Ev '^test .* \.\.\. ok$'
 summary=$(grep -E '^test result:' /tmp/fibd-cargo-test.$$ | awk '{p += $4; f += $6} END {print p+0, f+0}')
 rm -f /tmp/fibd-cargo-test.$$

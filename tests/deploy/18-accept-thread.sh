@@ -16,6 +16,7 @@
 # descriptors or threads ran out).
 # shellcheck source=tests/deploy/lib.sh
 . "$(dirname "$0")/lib.sh"
+need_root # strace attaches to a running fibd, which Yama's ptrace_scope refuses to others
 
 if ! command -v strace >/dev/null 2>&1 || ! command -v python3 >/dev/null 2>&1; then
     skip "the accept thread stalled" "strace or python3 is not installed"
@@ -32,12 +33,19 @@ fi
 
 start_bare || exit 0
 
-# The accept thread is the one thread blocked in accept4 (system call 288 on x86_64).
-accepting=()
-for task in /proc/"$pid"/task/*; do
-    read -r nr _ <"$task/syscall" 2>/dev/null || continue
-    [ "$nr" = 288 ] && accepting+=("${task##*/}")
-done
+# The accept thread is the one thread blocked in accept4 (system call 288 on x86_64); it
+# is briefly out of it whenever the nudger or the watchdog connects, so look again if need be.
+# find_accepting: sets $accepting to the threads of fibd in accept4; true if there is one.
+find_accepting() {
+    accepting=()
+    local task nr
+    for task in /proc/"$pid"/task/*; do
+        read -r nr _ <"$task/syscall" 2>/dev/null || continue
+        [ "$nr" = 288 ] && accepting+=("${task##*/}")
+    done
+    [ "${#accepting[@]}" = 1 ]
+}
+for _ in $(seq 50); do find_accepting && break; sleep 0.1; done
 check_eq "one thread of fibd waits in accept4" "${#accepting[@]}" "1" || exit 0
 tid=${accepting[0]}
 

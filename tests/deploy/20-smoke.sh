@@ -50,7 +50,7 @@ if command -v python3 >/dev/null 2>&1; then
     echo 56 >"$WORK/www/fib/10"
     port=$(free_port)
     (cd "$WORK/www" && exec python3 -m http.server --bind 127.0.0.1 "$port") >/dev/null 2>&1 &
-    on_exit "kill $!"
+    on_exit "kill_wait $!"
     wait_for 10 curl -fsS -o /dev/null "http://127.0.0.1:$port/healthz" || true
     rc=0
     out=$(sh "$SMOKE" "http://127.0.0.1:$port" 2>&1) || rc=$?

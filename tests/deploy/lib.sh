@@ -103,7 +103,7 @@ start_bare() {
     "$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$WORK/fibd.state" 2>"$WORK/stderr" &
     pid=$!
     # A test may leave it stopped (SIGSTOP): continue it, or SIGKILL alone reaps it.
-    on_exit "kill -CONT $pid 2>/dev/null; kill_wait $pid"
+    on_exit "is_child $pid && kill -CONT $pid; kill_wait $pid"
     wait_for 10 grep -q 'event=start' "$WORK/stderr" || true
     port=$(sed -n 's/.*event=start.* listen=[^ ]*:\([0-9][0-9]*\)\( .*\)\{0,1\}$/\1/p' "$WORK/stderr" | head -n 1)
     if [ -z "$port" ]; then
