@@ -33,14 +33,21 @@ def flood():
         with lock:
             counts["connections"] += 1
         s.setblocking(False)
+        pending = burst
         try:
             while time.time() < deadline:
                 _, writable, _ = select.select([], [s], [], 0.5)
-                if writable:
-                    sent = s.send(burst)
-                    with lock:
-                        counts["bytes"] += sent
-        except OSError:
+                if not writable:
+                    continue
+                try:
+                    sent = s.send(pending)
+                except BlockingIOError:
+                    continue
+                # Whole requests only: what a partial send left is sent before the next burst.
+                pending = pending[sent:] or burst
+                with lock:
+                    counts["bytes"] += sent
+        except (ConnectionError, OSError):
             with lock:
                 counts["ended"] += 1
         finally:
