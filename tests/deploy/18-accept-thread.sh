@@ -74,8 +74,9 @@ PY
 on_exit "kill_wait $!"
 # queued: how many connections wait in the listen queue.
 queued() { ss -Hltn "sport = :$port" | awk '{ print $2 }'; }
-wait_for 10 sh -c "[ \"\$(ss -Hltn 'sport = :$port' | awk '{ print \$2 }')\" -ge 1024 ]" || true
-check "the listen queue is full ($(queued) waiting)" test "$(queued)" -ge 1024 || true
+queue_full() { [ "$(queued)" -ge 1024 ]; }
+wait_for 10 queue_full || true
+check "the listen queue is full ($(queued) waiting)" queue_full || true
 
 kill -TERM "$pid"
 wait_for 5 grep -q 'event=stopped' "$WORK/stderr" || true
