@@ -303,6 +303,15 @@ impl<T: Weighed> Connections<T> {
         Admit::Drop(dropped, Some(reason))
     }
 
+    /// Whether the connection from `peer` has a request in flight and nothing waiting behind
+    /// it, and is not abandoned: a client waiting for the reply to what it sent.
+    pub fn settled(&self, peer: Peer) -> bool {
+        self.shard(peer)
+            .connections
+            .get(&peer)
+            .is_some_and(|c| c.in_flight && c.waiting.is_empty() && c.abandoned.is_none())
+    }
+
     /// Records that the request in flight of `peer` has been answered: `Ok` when its reply was
     /// written, else why the connection is to be abandoned.
     pub fn finish(&self, peer: Peer, answered: Result<(), Abandoned>, now: Instant) -> Finish<T> {

@@ -26,7 +26,7 @@ use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,9 @@ use crate::process::{self, Descriptor};
 /// abandonments is kept whole however long a scan takes, and a doorbell for the hang-up thread.
 pub struct HangUps {
     wanted: Mutex<HashSet<SocketAddr>>,
+    /// Set while the acceptor is far behind (`queue_lag.rs`): the next scan hangs up on every
+    /// connection but those spared.
+    purge: AtomicBool,
     doorbell: Sender<()>,
     rung: Receiver<()>,
     /// The replies being written, for the hang-up thread to end one that takes too long.
@@ -50,6 +53,7 @@ impl Default for HangUps {
         let (doorbell, rung) = bounded(1);
         HangUps {
             wanted: Mutex::new(HashSet::new()),
+            purge: AtomicBool::new(false),
             doorbell,
             rung,
             writes: Writes::default(),
@@ -71,22 +75,32 @@ impl HangUps {
         let _ = self.doorbell.try_send(());
     }
 
+    /// Asks for every connection to be hung up on but those `run`'s `spared` keeps: the
+    /// acceptor is far behind, and which connections filled its queue cannot be told until it
+    /// reaches their requests. Asked again while a scan runs, it is done once more after.
+    pub fn purge(&self) {
+        self.purge.store(true, Ordering::Release);
+        let _ = self.doorbell.try_send(());
+    }
+
     fn take(&self) -> HashSet<SocketAddr> {
         std::mem::take(&mut *lock(&self.wanted))
     }
 }
 
 /// Runs until `stopping` returns true: hangs up on the connections to `local_port` that
-/// `hang_ups` asks for, and on those of replies begun over `write_max` ago and still being
-/// written. A scan that could not read every descriptor (they have run out) leaves what it did
+/// `hang_ups` asks for, on those of replies begun over `write_max` ago and still being
+/// written, and, when a purge is asked for, on every connection whose peer `spared` does not
+/// keep. A scan that could not read every descriptor (they have run out) leaves what it did
 /// not find for the next one; after a whole scan, a connection not found has already ended.
-/// `on_hung_up` is told how many each scan shut down.
+/// `on_hung_up` is told how many each scan shut down, and how many of those for a purge alone.
 pub fn run(
     hang_ups: &HangUps,
     write_max: Duration,
     local_port: u16,
+    spared: impl Fn(SocketAddr) -> bool,
     stopping: impl Fn() -> bool,
-    on_hung_up: impl Fn(usize),
+    on_hung_up: impl Fn(usize, usize),
 ) {
     let poll = Duration::from_millis(limits::HANG_UP_POLL_MS);
     let mut pending = HashSet::new();
@@ -108,7 +122,8 @@ pub fn run(
             Some(began_before) => hang_ups.writes.overdue(began_before),
             None => Vec::new(),
         };
-        if pending.is_empty() && overdue.is_empty() {
+        let purging = hang_ups.purge.swap(false, Ordering::AcqRel);
+        if pending.is_empty() && overdue.is_empty() && !purging {
             // Replaced, not cleared, as `pending` is below: the room a flood grew stays otherwise.
             last_shut_down = HashSet::new();
             continue;
@@ -116,8 +131,9 @@ pub fn run(
         let mut targets = pending.clone();
         targets.extend(overdue.iter().map(|write| write.peer));
         let scan_started = Instant::now();
-        let scan = hang_up(&targets, local_port, &shut_sockets);
-        on_hung_up(scan.shut_down.len());
+        let purge: Option<&dyn Fn(SocketAddr) -> bool> = purging.then_some(&spared);
+        let scan = hang_up(&targets, purge, local_port, &shut_sockets);
+        on_hung_up(scan.shut_down.len(), scan.purged);
         if scan.complete {
             shut_sockets = scan.shut_sockets;
         } else {
@@ -294,15 +310,23 @@ pub struct Scan {
     /// Whether every descriptor was looked at: false when /proc could not be read, or a
     /// descriptor could not be copied for want of a free one.
     pub complete: bool,
+    /// How many of `shut_down` were not among the peers asked for: shut down for a purge.
+    pub purged: usize,
 }
 
-/// Shuts down the sockets connected to `local_port` from any of `peers`, but for those whose
-/// inodes are in `already_shut`.
-pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16, already_shut: &HashSet<u64>) -> Scan {
+/// Shuts down the sockets connected to `local_port` from any of `peers`, and with a `purge`,
+/// from any peer it does not spare; but for those whose inodes are in `already_shut`.
+pub fn hang_up(
+    peers: &HashSet<SocketAddr>,
+    purge: Option<&dyn Fn(SocketAddr) -> bool>,
+    local_port: u16,
+    already_shut: &HashSet<u64>,
+) -> Scan {
     let mut scan = Scan {
         shut_down: HashSet::new(),
         shut_sockets: HashSet::new(),
         complete: true,
+        purged: 0,
     };
     let Ok(descriptors) = process::descriptors() else {
         scan.complete = false;
@@ -343,7 +367,8 @@ pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16, already_shut: &Hash
         let Ok(peer) = socket.peer_addr() else {
             continue;
         };
-        if !ours || !peers.contains(&peer) {
+        let asked = peers.contains(&peer);
+        if !ours || !(asked || purge.is_some_and(|spared| !spared(peer))) {
             continue;
         }
         let (socket, inode) = with_inode(socket);
@@ -351,7 +376,10 @@ pub fn hang_up(peers: &HashSet<SocketAddr>, local_port: u16, already_shut: &Hash
             continue;
         }
         if socket.shutdown(Shutdown::Both).is_ok() {
-            scan.shut_down.insert(peer);
+            // tiny_http holds two descriptors of each connection: count it once.
+            if scan.shut_down.insert(peer) && !asked {
+                scan.purged += 1;
+            }
             scan.shut_sockets.extend(inode);
         }
     }
@@ -409,6 +437,30 @@ mod tests {
         (client, served, peer)
     }
 
+    /// Asserts that the client of `client` sees its connection end.
+    fn sees_the_end(client: &mut TcpStream) {
+        client
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(
+            client.read(&mut [0; 1]).unwrap(),
+            0,
+            "the client sees the end"
+        );
+    }
+
+    /// Asserts that `client`'s connection is still open and quiet.
+    fn still_open(client: &mut TcpStream) {
+        client
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let idle = client.read(&mut [0; 1]).unwrap_err();
+        assert!(matches!(
+            idle.kind(),
+            ErrorKind::WouldBlock | ErrorKind::TimedOut
+        ));
+    }
+
     #[test]
     fn only_the_named_peers_connections_to_our_port_are_shut_down() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -417,7 +469,12 @@ mod tests {
         let (mut kept, _served_kept, _) = connect(&listener);
         // The client end of `abandoned` is not a connection to `port`, so only the accepted
         // end is shut down.
-        let scan = hang_up(&HashSet::from([abandoned_peer]), port, &HashSet::new());
+        let scan = hang_up(
+            &HashSet::from([abandoned_peer]),
+            None,
+            port,
+            &HashSet::new(),
+        );
         assert!(scan.complete);
         assert_eq!(scan.shut_down, HashSet::from([abandoned_peer]));
         abandoned
@@ -455,27 +512,29 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let (_client, served, peer) = connect(&listener);
         let peers = HashSet::from([peer]);
-        let first = hang_up(&peers, port, &HashSet::new());
+        let first = hang_up(&peers, None, port, &HashSet::new());
         assert_eq!(first.shut_down, peers);
         assert_eq!(first.shut_sockets.len(), 1, "the served end only");
         // Asked again while the socket is still open (as tiny_http keeps it until its queued
         // requests are dropped): it is remembered, not shut down again.
-        let second = hang_up(&peers, port, &first.shut_sockets);
+        let second = hang_up(&peers, None, port, &first.shut_sockets);
         assert!(second.complete);
         assert!(second.shut_down.is_empty());
         assert_eq!(second.shut_sockets, first.shut_sockets);
         // Once closed, it is forgotten.
         drop(served);
-        let third = hang_up(&peers, port, &second.shut_sockets);
+        let third = hang_up(&peers, None, port, &second.shut_sockets);
         assert!(third.shut_down.is_empty() && third.shut_sockets.is_empty());
     }
 
     /// Runs the hang-up thread over `hang_ups` for connections to `port` until the returned
-    /// flag is set; the count of connections it shut down goes to the returned counter.
+    /// flag is set, a purge sparing the peers in `spared`; the count of connections it shut
+    /// down goes to the returned counter.
     fn hang_up_thread(
         hang_ups: &Arc<HangUps>,
         port: u16,
         write_max: Duration,
+        spared: HashSet<SocketAddr>,
     ) -> (Arc<AtomicBool>, Arc<AtomicUsize>, thread::JoinHandle<()>) {
         let stop = Arc::new(AtomicBool::new(false));
         let count = Arc::new(AtomicUsize::new(0));
@@ -486,8 +545,10 @@ mod tests {
                 &hang_ups,
                 write_max,
                 port,
+                |peer| spared.contains(&peer),
                 || stopping.load(Ordering::Relaxed),
-                |n| {
+                |n, purged| {
+                    assert!(purged <= n);
                     counted.fetch_add(n, Ordering::Relaxed);
                 },
             );
@@ -496,21 +557,51 @@ mod tests {
     }
 
     #[test]
+    fn a_purge_hangs_up_on_every_connection_to_our_port_but_the_spared() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mut first, served_first, first_peer) = connect(&listener);
+        let (mut second, served_second, second_peer) = connect(&listener);
+        let (mut spared, _served_spared, spared_peer) = connect(&listener);
+        let keep = |peer: SocketAddr| peer == spared_peer;
+        let scan = hang_up(
+            &HashSet::from([first_peer]),
+            Some(&keep),
+            port,
+            &HashSet::new(),
+        );
+        assert!(scan.complete);
+        assert_eq!(scan.shut_down, HashSet::from([first_peer, second_peer]));
+        assert_eq!(scan.purged, 1, "the one asked for is not counted as purged");
+        sees_the_end(&mut first);
+        sees_the_end(&mut second);
+        still_open(&mut spared);
+
+        // The thread does the same when asked (with the sockets purged above closed, so that
+        // only the new one is left to shut down).
+        drop((served_first, served_second));
+        let (mut late, _served_late, _) = connect(&listener);
+        let hang_ups = Arc::new(HangUps::default());
+        let spare = HashSet::from([spared_peer]);
+        let (stop, count, thread) = hang_up_thread(&hang_ups, port, Duration::from_secs(60), spare);
+        hang_ups.purge();
+        sees_the_end(&mut late);
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+        assert_eq!(count.load(Ordering::Relaxed), 1);
+        still_open(&mut spared);
+    }
+
+    #[test]
     fn a_requested_hang_up_ends_the_connection_and_is_counted() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let (mut client, _served, peer) = connect(&listener);
         let hang_ups = Arc::new(HangUps::default());
-        let (stop, count, thread) = hang_up_thread(&hang_ups, port, Duration::from_secs(60));
+        let (stop, count, thread) =
+            hang_up_thread(&hang_ups, port, Duration::from_secs(60), HashSet::new());
         hang_ups.request(peer);
-        client
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        assert_eq!(
-            client.read(&mut [0; 1]).unwrap(),
-            0,
-            "the client sees the end"
-        );
+        sees_the_end(&mut client);
         stop.store(true, Ordering::Relaxed);
         thread.join().unwrap();
         assert_eq!(count.load(Ordering::Relaxed), 1);
@@ -524,7 +615,7 @@ mod tests {
         let (_client, mut served, peer) = connect(&listener);
         let hang_ups = Arc::new(HangUps::default());
         let write_max = Duration::from_millis(200);
-        let (stop, count, thread) = hang_up_thread(&hang_ups, port, write_max);
+        let (stop, count, thread) = hang_up_thread(&hang_ups, port, write_max, HashSet::new());
         let started = Instant::now();
         let writing = hang_ups.writes.begin(peer);
         let written = served.write_all(&vec![0; 64 << 20]);

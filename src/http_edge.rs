@@ -31,12 +31,13 @@ use crate::http_response::{self, Framing};
 use crate::limits;
 use crate::log;
 use crate::metrics::{Depths, Metrics, RouteLabel};
+use crate::queue_lag::{self, QueueLag, Reading};
 use crate::routes::{self, Format, Readiness, Reply, Route};
 use crate::state_owner::{Outcome, Published, StepRequest};
 use crate::watchdog;
 
 /// Binds the listening socket, deepens its queue to `LISTEN_BACKLOG`, and sets the timeouts
-/// every accepted connection inherits.
+/// and the receive buffer every accepted connection inherits.
 ///
 /// SO_SNDTIMEO is safe on a listening socket. SO_RCVTIMEO is what bounds idle and stalled
 /// connections, but on a listening socket it also makes `accept` fail when no connection
@@ -45,6 +46,7 @@ use crate::watchdog;
 pub fn bind(addr: SocketAddr, idle_timeout: Duration) -> io::Result<TcpListener> {
     let listener = TcpListener::bind(addr)?;
     deepen_listen_queue(&listener, limits::LISTEN_BACKLOG)?;
+    fix_receive_buffer(&listener, limits::RECEIVE_BUFFER_BYTES)?;
     // std offers these options only on streams. A listening socket accepts them too, and the
     // conversion moves ownership of the descriptor, so no unsafe code is needed.
     let socket = TcpStream::from(OwnedFd::from(listener));
@@ -68,6 +70,46 @@ fn deepen_listen_queue(listener: &TcpListener, backlog: u32) -> io::Result<()> {
     // descriptor belongs to `listener`, which is borrowed for the whole call, so it is open and
     // cannot have been closed and reused for another file in the meantime.
     let status = unsafe { listen(listener.as_raw_fd(), backlog) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Fixes the receive buffer of every connection the listening socket accepts at `bytes`, in
+/// place of the kernel's tuning, which grows it to `net.ipv4.tcp_rmem`'s maximum (32 MiB on
+/// some hosts) for a client that sends without pause. tiny_http reads whatever is buffered
+/// even after a hang-up, so the buffer bounds what a connection hung up on can still queue.
+fn fix_receive_buffer(listener: &TcpListener, bytes: u32) -> io::Result<()> {
+    use std::ffi::{c_int, c_void};
+    use std::os::fd::AsRawFd;
+    unsafe extern "C" {
+        /// setsockopt(2), from the C library that std itself links (musl or glibc).
+        fn setsockopt(
+            socket: c_int,
+            level: c_int,
+            name: c_int,
+            value: *const c_void,
+            length: u32,
+        ) -> c_int;
+    }
+    // SOL_SOCKET and SO_RCVBUF, the same numbers on x86_64 and aarch64 Linux.
+    const SOL_SOCKET: c_int = 1;
+    const SO_RCVBUF: c_int = 8;
+    let value = c_int::try_from(bytes).expect("the receive buffer size fits in a C int");
+    // SAFETY: setsockopt(2) reads `length` bytes at `value`, which points at a live c_int of
+    // exactly that size for the whole call, and writes no memory of ours. The descriptor
+    // belongs to `listener`, borrowed for the whole call, so it is open and not reused.
+    let status = unsafe {
+        setsockopt(
+            listener.as_raw_fd(),
+            SOL_SOCKET,
+            SO_RCVBUF,
+            (&raw const value).cast(),
+            std::mem::size_of::<c_int>() as u32,
+        )
+    };
     if status == 0 {
         Ok(())
     } else {
@@ -187,6 +229,11 @@ pub struct Edge {
     /// What the hang-up thread is to hang up on (`hang_up.rs`), and the replies being written,
     /// which it watches.
     hang_ups: Arc<hang_up::HangUps>,
+    /// How far behind tiny_http's parsers the acceptor is (`queue_lag.rs`).
+    queue_lag: QueueLag,
+    /// Bounds the lines saying the acceptor fell behind or caught up, which a flood can
+    /// alternate a few times a second.
+    queue_lag_log: log::Throttle,
     /// A reader of the step responders' queue, kept only to tell its depth to `/metrics`.
     replies_depth: std::sync::OnceLock<Receiver<(Ticket, Outcome)>>,
     /// Bounds the `connection_abandoned` lines, one per connection and so at a client's pace.
@@ -244,6 +291,8 @@ impl Edge {
             queues: Mutex::new(None),
             kept_connections: AtomicUsize::new(0),
             hang_ups: Arc::default(),
+            queue_lag: QueueLag::new(Instant::now()),
+            queue_lag_log: log::Throttle::new(limits::CLIENT_EVENT_LOG_LINES_PER_S_MAX),
             replies_depth: std::sync::OnceLock::new(),
             abandoned_log: log::Throttle::new(limits::CLIENT_EVENT_LOG_LINES_PER_S_MAX),
             on_fatal,
@@ -274,10 +323,60 @@ impl Edge {
         drop(let_go);
     }
 
-    /// Our listening sockets: the bound one. Each accept loop's copy of it is a descriptor of
-    /// the same socket, which `/metrics` counts once.
-    fn listening_sockets(&self) -> u64 {
-        1
+    /// The queue-lag gauge's state, whose `watchdog` port the watchdog notes its probes in.
+    pub fn queue_lag(&self) -> &QueueLag {
+        &self.queue_lag
+    }
+
+    /// Takes a marker of the queue-lag gauge out of tiny_http's queue, unanswered.
+    fn take_marker(&self, request: Request, now: Instant) {
+        self.queue_lag.take_marker(request.url(), now);
+        // The gauge never reads; taking the writer first makes tiny_http write nothing.
+        drop(request.into_writer());
+    }
+
+    /// Acts on what the queue-lag gauge says: while the acceptor is far behind, hangs up on
+    /// the connections that may have filled its queue.
+    fn on_queue_lag(&self, reading: Reading) {
+        match reading {
+            Reading::FellBehind { lag, pipelined } => {
+                self.hang_ups.purge();
+                self.queue_lag_log.event(
+                    log::Level::Warn,
+                    "fell_behind",
+                    &[
+                        ("lag_ms", &lag.as_millis()),
+                        ("pipelined_meanwhile", &pipelined),
+                        (
+                            "note",
+                            &"clients send requests faster than fibd takes them; hanging up \
+                              on every connection without a request in flight until it \
+                              catches up",
+                        ),
+                    ],
+                );
+            }
+            Reading::StillBehind => self.hang_ups.purge(),
+            Reading::CaughtUp { behind } => {
+                self.queue_lag_log.event(
+                    log::Level::Info,
+                    "caught_up",
+                    &[("behind_ms", &behind.as_millis())],
+                );
+            }
+            Reading::KeepingUp => {}
+        }
+    }
+
+    /// Our sockets that are no client's: the bound one (each accept loop's copy of it is a
+    /// descriptor of the same socket, which `/metrics` counts once), and both ends of the
+    /// queue-lag gauge's connection while it is open.
+    fn own_sockets(&self) -> u64 {
+        1 + if self.queue_lag.gauge_connected() {
+            2
+        } else {
+            0
+        }
     }
 
     /// How full the queues and the connection table are, for `/metrics`.
@@ -294,6 +393,7 @@ impl Edge {
             replies: self.replies_depth.get().map_or(0, Receiver::len),
             requests_waiting: self.connections.waiting(),
             connections_tracked: self.connections.tracked(),
+            request_queue_lag: self.queue_lag.lag(),
         }
     }
 
@@ -790,7 +890,7 @@ pub fn start(
     }
     let _ = edge.replies_depth.set(reply_rx);
 
-    let local_port = listener.local_addr()?.port();
+    let local_addr = listener.local_addr()?;
     let edge_for_hang_up = Arc::clone(edge);
     handles.push(spawn("hang-up", move || {
         let edge = edge_for_hang_up;
@@ -798,13 +898,32 @@ pub fn start(
         hang_up::run(
             &edge.hang_ups,
             write_max,
-            local_port,
+            local_addr.port(),
+            // A purge spares our own connections, and clients waiting for the reply to a
+            // request already taken: hanging up on them would free nothing.
+            |peer| edge.queue_lag.is_own(peer) || edge.connections.settled(Peer::of(peer)),
             || edge.is_stopping(),
-            |count| {
+            |count, purged| {
                 edge.metrics
                     .connections_hung_up
                     .fetch_add(count as u64, Ordering::Relaxed);
+                edge.metrics
+                    .connections_purged
+                    .fetch_add(purged as u64, Ordering::Relaxed);
             },
+        );
+    })?);
+
+    let own_address = watchdog::probe_address(local_addr);
+    edge.queue_lag.set_own_ip(own_address.ip());
+    let edge_for_gauge = Arc::clone(edge);
+    handles.push(spawn("queue-lag", move || {
+        let edge = edge_for_gauge;
+        queue_lag::run(
+            own_address,
+            &edge.queue_lag,
+            || edge.is_stopping(),
+            |reading| edge.on_queue_lag(reading),
         );
     })?);
 
@@ -913,6 +1032,9 @@ fn accept(edge: &Arc<Edge>, listener: TcpListener, on_deaf: impl Fn(String)) {
             let_go(listener, server);
             return;
         }
+        // The gauge's connection is one the retired loop serves, and would keep it busy for
+        // ever, and its markers would wait for the graveyard's polls.
+        edge.queue_lag.reconnect();
         let server = Arc::new(server);
         let (edge_for_retired, server_for_retired) = (Arc::clone(edge), Arc::clone(&server));
         let retired = move || {
@@ -1119,6 +1241,13 @@ fn out_of_descriptors(err: &io::Error) -> bool {
 /// queue is full the request is answered 503 at once.
 fn dispatch(edge: &Edge, request: Request) {
     let arrived = Instant::now();
+    if request
+        .remote_addr()
+        .is_some_and(|&addr| edge.queue_lag.is_marker(addr))
+    {
+        edge.take_marker(request, arrived);
+        return;
+    }
     let peer = request.remote_addr().copied().map(Peer::of);
     // One pass over the headers for everything routing needs.
     let mut accept = routes::Accept::default();
@@ -1197,12 +1326,17 @@ fn dispatch(edge: &Edge, request: Request) {
         None => routed,
         Some(peer) => match edge.connections.admit(peer, routed, arrived) {
             Admit::Go(routed) => routed,
-            Admit::Parked => return,
+            Admit::Parked => {
+                edge.queue_lag.count_pipelined();
+                return;
+            }
             Admit::Drop(dropped, abandoned) => {
+                edge.queue_lag.count_pipelined();
                 edge.drop_unanswered(peer.addr(), dropped, abandoned);
                 return;
             }
             Admit::DropAndHangUp(routed) => {
+                edge.queue_lag.count_pipelined();
                 edge.hang_ups.request(peer.addr());
                 edge.drop_unanswered(peer.addr(), vec![routed], None);
                 return;
@@ -1238,7 +1372,7 @@ fn work(edge: &Edge, jobs: Receiver<Job>) {
                         edge.published.index(),
                         edge.readiness() == Readiness::Ready,
                         (env!("CARGO_PKG_VERSION"), env!("FIBD_REVISION")),
-                        edge.listening_sockets(),
+                        edge.own_sockets(),
                         edge.depths(),
                     )),
                     Route::Step(_) => unreachable!("the acceptor sends steps to the state owner"),

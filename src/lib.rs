@@ -18,6 +18,7 @@ pub mod notify;
 pub mod nudger;
 pub mod probe;
 pub mod process;
+pub mod queue_lag;
 pub mod routes;
 #[cfg(test)]
 mod sim_disk;

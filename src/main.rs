@@ -262,6 +262,7 @@ fn serve(config: Config) -> ExitCode {
             // to probe stops feeding it, so systemd restarts a hung server, not just a dead one.
             watchdog::run(
                 watchdog::probe_address(local_addr),
+                &watched.queue_lag().watchdog,
                 watchdog::interval(idle_timeout),
                 watchdog::deaf_after(idle_timeout),
                 || watched.is_stopping(),

@@ -18,6 +18,8 @@ pub struct Depths {
     pub replies: usize,
     pub requests_waiting: usize,
     pub connections_tracked: usize,
+    /// How long the last marker of the queue-lag gauge waited in tiny_http's queue.
+    pub request_queue_lag: Duration,
 }
 
 /// Panics in tiny_http's threads, which fibd survives. A static, since the panic hook that
@@ -189,6 +191,8 @@ pub struct Metrics {
     pub connections_abandoned: AtomicU64,
     /// Connections shut down by the hang-up thread (`hang_up.rs`).
     pub connections_hung_up: AtomicU64,
+    /// Of those, connections hung up on because the acceptor was far behind (`queue_lag.rs`).
+    pub connections_purged: AtomicU64,
     /// Requests of abandoned connections, dropped without a reply.
     pub requests_dropped: AtomicU64,
     /// Connections kept open forever because a request on them left its body unread.
@@ -227,6 +231,7 @@ impl Metrics {
             connections_shed: AtomicU64::new(0),
             connections_abandoned: AtomicU64::new(0),
             connections_hung_up: AtomicU64::new(0),
+            connections_purged: AtomicU64::new(0),
             requests_dropped: AtomicU64::new(0),
             connections_kept: AtomicU64::new(0),
             accept_failures: AtomicU64::new(0),
@@ -297,13 +302,14 @@ impl Metrics {
     }
 
     /// The exposition text. `index` and `ready` come from the state owner and the edge;
-    /// `listening` is how many of our sockets are listening ones (the edge knows).
+    /// `own_sockets` is how many of our sockets are no client's: the listening one, and both
+    /// ends of the queue-lag gauge's connection (the edge knows).
     pub fn render(
         &self,
         index: u8,
         ready: bool,
         (version, revision): (&str, &str),
-        listening: u64,
+        own_sockets: u64,
         depths: Depths,
     ) -> String {
         let mut out = String::with_capacity(8 * 1024);
@@ -419,6 +425,11 @@ impl Metrics {
                 &self.connections_hung_up,
             ),
             (
+                "fibd_connections_purged_total",
+                "Of those, connections hung up on because fibd had fallen far behind the requests clients sent (the request queue lagged over 250 ms behind about 20,000 requests): all but those with a request in flight.",
+                &self.connections_purged,
+            ),
+            (
                 "fibd_requests_dropped_total",
                 "Requests of abandoned connections, dropped without a reply.",
                 &self.requests_dropped,
@@ -473,17 +484,28 @@ impl Metrics {
             "fibd_connections_tracked {}",
             depths.connections_tracked
         );
+        family(
+            &mut out,
+            "fibd_request_queue_lag_seconds",
+            "gauge",
+            "How long the last of fibd's own marker requests, sent every 20 ms, waited between being sent and being taken from the request queue.",
+        );
+        let _ = writeln!(
+            out,
+            "fibd_request_queue_lag_seconds {}",
+            depths.request_queue_lag.as_secs_f64()
+        );
         let process = crate::process::Figures::read();
         family(
             &mut out,
             "fibd_open_connections",
             "gauge",
-            "Open sockets other than the listening one, each counted once (tiny_http holds two descriptors of each connection): client connections, plus the watchdog's probe while it runs (both ends) and, under systemd, the journal's and notify sockets.",
+            "Open sockets other than the listening one and fibd's own queue-lag gauge connection, each counted once (tiny_http holds two descriptors of each connection): client connections, plus the watchdog's probe while it runs (both ends) and, under systemd, the journal's and notify sockets.",
         );
         let _ = writeln!(
             out,
             "fibd_open_connections {}",
-            process.sockets.saturating_sub(listening)
+            process.sockets.saturating_sub(own_sockets)
         );
         family(
             &mut out,
@@ -692,6 +714,7 @@ mod tests {
                 replies: 3,
                 requests_waiting: 4,
                 connections_tracked: 5,
+                request_queue_lag: Duration::from_millis(6),
             },
         );
         assert!(
@@ -706,6 +729,7 @@ mod tests {
             "fibd_queue_depth{queue=\"replies\"} 3",
             "fibd_requests_waiting 4",
             "fibd_connections_tracked 5",
+            "fibd_request_queue_lag_seconds 0.006",
         ] {
             assert!(text.lines().any(|l| l == line), "{line}\n{text}");
         }

@@ -68,6 +68,17 @@ impl Target {
 /// deadline for the connect, the request and the status line together, so that a caller who
 /// probes on a schedule (the watchdog, a health check) knows how long a probe can take.
 pub fn get_status(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<u16> {
+    get_status_noting(addr, path, timeout, |_| {})
+}
+
+/// `get_status`, telling `note` the connection's local port once it is connected and before
+/// anything is sent.
+pub fn get_status_noting(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    note: impl FnOnce(u16),
+) -> io::Result<u16> {
     let deadline = Instant::now() + timeout;
     let remaining = || {
         deadline
@@ -76,6 +87,7 @@ pub fn get_status(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result
             .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "no answer within the timeout"))
     };
     let mut stream = TcpStream::connect_timeout(&addr, remaining()?)?;
+    note(stream.local_addr()?.port());
     stream.set_write_timeout(Some(remaining()?))?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes())?;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::limits;
 use crate::log;
 use crate::probe;
+use crate::queue_lag::OwnPort;
 
 /// The address to probe for a server bound to `bound`: a wildcard bind is reached on loopback.
 pub fn probe_address(bound: SocketAddr) -> SocketAddr {
@@ -26,9 +27,13 @@ pub fn probe_address(bound: SocketAddr) -> SocketAddr {
 pub const PROBE_TARGET: &str = "/healthz?from=watchdog";
 
 /// Sends `GET /healthz` and waits for an HTTP answer. Any status counts: an overloaded
-/// server that answers 503 is busy, not deaf.
-pub fn probe(addr: SocketAddr, timeout: Duration) -> std::io::Result<()> {
-    probe::get_status(addr, PROBE_TARGET, timeout).map(|_| ())
+/// server that answers 503 is busy, not deaf. The probe's connection is noted in `own` while
+/// it is open, so that a server far behind does not hang up on it (`queue_lag.rs`): its
+/// answer comes once the queue ahead of it drains.
+pub fn probe(addr: SocketAddr, timeout: Duration, own: &OwnPort) -> std::io::Result<()> {
+    let status = probe::get_status_noting(addr, PROBE_TARGET, timeout, |port| own.set(port));
+    own.clear();
+    status.map(|_| ())
 }
 
 /// How often to probe: every `PROBE_INTERVAL_MS`, or a third of the idle timeout if shorter.
@@ -108,6 +113,7 @@ impl ProbeHistory {
 /// one interval.
 pub fn run(
     addr: SocketAddr,
+    own: &OwnPort,
     interval: Duration,
     deaf_after: Duration,
     stopping: impl Fn() -> bool,
@@ -117,7 +123,7 @@ pub fn run(
     let timeout = Duration::from_millis(limits::PROBE_TIMEOUT_MS);
     let mut history = ProbeHistory::new(deaf_after, Instant::now());
     while !stopping() {
-        let ok = match probe(addr, timeout) {
+        let ok = match probe(addr, timeout, own) {
             Ok(()) => true,
             Err(err) => {
                 log::warn("probe_failed", &[("address", &addr), ("error", &err)]);
@@ -270,6 +276,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(10);
         run(
             refused,
+            &OwnPort::default(),
             Duration::from_millis(5),
             Duration::from_millis(60),
             || Instant::now() >= deadline,

@@ -1186,6 +1186,9 @@ fn a_burst_of_new_keep_alive_connections_is_served_promptly() {
         let unanswered = outcomes.iter().filter(|o| o.0 != Some(200)).count();
         let slowest = outcomes.iter().map(|o| o.1).max().unwrap();
         assert_eq!(unanswered, 0, "burst {burst}: connections left unanswered");
+        // New connections that each wait for their reply are no flood of pipelined requests.
+        let log = server.log_text();
+        assert!(!log.contains("event=fell_behind"), "burst {burst}:\n{log}");
         slowest_of_bursts.push(slowest);
     }
     // Judged on the median burst: a starved box can slow one or two bursts past the bound,
@@ -1251,4 +1254,100 @@ fn a_burst_of_connections_waits_in_the_listen_queue_while_fibd_cannot_accept() {
         let reply = read_reply(&mut BufReader::new(stream), false);
         assert_eq!(reply.map(|r| r.status), Some(200), "connection {i}");
     }
+}
+
+/// Resident memory of process `pid` in KiB, from /proc.
+fn resident_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// docs/SECURITY.md's pipelining flood: clients that pipeline without reading and reconnect
+/// whenever they are hung up on. tiny_http parses their requests into its queue faster than
+/// the acceptor takes them; fibd must see that it fell behind, hang up on them (not on a
+/// client waiting for a reply already taken), stay small, and catch up once the flood stops.
+/// Measured without the queue-lag gauge: 16 such clients took fibd past 480 MiB in 15 s.
+#[test]
+fn a_reconnecting_flood_of_pipelined_requests_is_hung_up_on_while_fibd_falls_behind() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    const FLOODERS: usize = 16;
+    const FLOOD: Duration = Duration::from_secs(3);
+    /// Far above the 5-10 MiB fibd holds under ordinary load, far below the 512 MiB box.
+    const RESIDENT_MAX_KIB: u64 = 256 * 1024;
+    let dir = TempDir::new("pipeline-flood");
+    let mut server = Server::start(&dir.join("fibd.state"), &[]);
+    let addr = server.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let connections = Arc::new(AtomicU64::new(0));
+    let burst = b"GET /fib?n=187 HTTP/1.1\r\nHost: t\r\n\r\n".repeat(64);
+    let flooders: Vec<_> = (0..FLOODERS)
+        .map(|_| {
+            let (stop, connections, burst) = (stop.clone(), connections.clone(), burst.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut stream) = TcpStream::connect(addr) else {
+                        std::thread::sleep(Duration::from_millis(10));
+                        continue;
+                    };
+                    connections.fetch_add(1, Ordering::Relaxed);
+                    stream
+                        .set_write_timeout(Some(Duration::from_millis(200)))
+                        .unwrap();
+                    while !stop.load(Ordering::Relaxed) {
+                        if stream.write_all(&burst).is_err() {
+                            break;
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut resident_peak_kib = 0;
+    while started.elapsed() < FLOOD {
+        let resident = resident_kib(server.child.id()).expect("fibd is alive");
+        resident_peak_kib = resident_peak_kib.max(resident);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for flooder in flooders {
+        flooder.join().unwrap();
+    }
+    assert!(
+        resident_peak_kib <= RESIDENT_MAX_KIB,
+        "fibd grew to {resident_peak_kib} KiB"
+    );
+    common::wait_until("fibd did not catch up after the flood", || {
+        server.log_text().contains("event=caught_up")
+    });
+    let metrics = server.get("/metrics").body;
+    let purged: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("fibd_connections_purged_total "))
+        .expect("the purge counter is exported")
+        .parse()
+        .unwrap();
+    let log = server.log_text();
+    let fell_behind = log
+        .lines()
+        .find(|l| l.contains("event=fell_behind"))
+        .expect("fibd said it fell behind");
+    assert!(
+        common::field(fell_behind, "lag_ms").is_some(),
+        "{fell_behind}"
+    );
+    assert!(
+        purged > 0,
+        "no connection was hung up on for the flood ({} made)\n{log}",
+        connections.load(Ordering::Relaxed)
+    );
+    assert_eq!(server.get("/current").status, 200);
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "fibd is still running"
+    );
+    assert!(!log.contains("level=error"), "{log}");
 }
