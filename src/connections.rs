@@ -570,6 +570,29 @@ mod tests {
     }
 
     #[test]
+    fn only_a_connection_with_just_a_request_in_flight_is_settled() {
+        let (table, now) = table();
+        assert!(
+            !table.settled(peer(1)),
+            "unknown: its request may still be queued"
+        );
+        assert!(matches!(table.admit(peer(1), 1, now), Admit::Go(1)));
+        assert!(table.settled(peer(1)));
+        assert!(matches!(table.admit(peer(1), 2, now), Admit::Parked));
+        assert!(!table.settled(peer(1)), "it pipelines");
+        assert!(matches!(
+            table.finish(peer(1), Ok(()), now),
+            Finish::Next(2)
+        ));
+        assert!(table.settled(peer(1)));
+        let _ = table.finish(peer(1), Err(Abandoned::NotReading), now);
+        assert!(!table.settled(peer(1)), "abandoned");
+        assert!(matches!(table.admit(peer(2), 3, now), Admit::Go(3)));
+        assert!(matches!(table.finish(peer(2), Ok(()), now), Finish::Idle));
+        assert!(!table.settled(peer(2)), "idle: nothing of it is in flight");
+    }
+
+    #[test]
     fn a_failed_write_abandons_the_connection_and_drops_what_waits() {
         let (table, now) = table();
         let _ = table.admit(peer(1), 1, now);

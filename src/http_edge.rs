@@ -77,6 +77,20 @@ fn deepen_listen_queue(listener: &TcpListener, backlog: u32) -> io::Result<()> {
     }
 }
 
+#[cfg(not(all(
+    target_os = "linux",
+    any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        target_arch = "aarch64",
+        target_arch = "arm",
+        target_arch = "riscv64"
+    )
+)))]
+compile_error!(
+    "fix_receive_buffer knows SOL_SOCKET and SO_RCVBUF only for Linux on x86, arm and riscv64"
+);
+
 /// Fixes the receive buffer of every connection the listening socket accepts at `bytes`, in
 /// place of the kernel's tuning, which grows it to `net.ipv4.tcp_rmem`'s maximum (32 MiB on
 /// some hosts) for a client that sends without pause. tiny_http reads whatever is buffered
@@ -94,7 +108,8 @@ fn fix_receive_buffer(listener: &TcpListener, bytes: u32) -> io::Result<()> {
             length: u32,
         ) -> c_int;
     }
-    // SOL_SOCKET and SO_RCVBUF, the same numbers on x86_64 and aarch64 Linux.
+    // SOL_SOCKET and SO_RCVBUF, the same numbers on every Linux architecture fibd is built
+    // for (the generic ones; mips, sparc, alpha and parisc differ, and are refused below).
     const SOL_SOCKET: c_int = 1;
     const SO_RCVBUF: c_int = 8;
     let value = c_int::try_from(bytes).expect("the receive buffer size fits in a C int");
@@ -370,7 +385,8 @@ impl Edge {
 
     /// Our sockets that are no client's: the bound one (each accept loop's copy of it is a
     /// descriptor of the same socket, which `/metrics` counts once), and both ends of the
-    /// queue-lag gauge's connection while it is open.
+    /// queue-lag gauge's connection while it is open. (For the moment between the gauge's
+    /// connect and tiny_http's accept, only one end is ours, and the count is one short.)
     fn own_sockets(&self) -> u64 {
         1 + if self.queue_lag.gauge_connected() {
             2
@@ -919,9 +935,12 @@ pub fn start(
     let edge_for_gauge = Arc::clone(edge);
     handles.push(spawn("queue-lag", move || {
         let edge = edge_for_gauge;
+        // tiny_http times out the gauge's connection once it has sent nothing for an idle
+        // timeout, which it does not while its marker waits: a marker is lost by then.
         queue_lag::run(
             own_address,
             &edge.queue_lag,
+            edge.idle_timeout,
             || edge.is_stopping(),
             |reading| edge.on_queue_lag(reading),
         );

@@ -218,9 +218,14 @@ struct Outstanding {
 /// The gauge thread: until `stopping` returns true, keeps a connection to `addr` (our own
 /// socket) and a marker on its way there, and every `QUEUE_LAG_MARKER_INTERVAL_MS` tells
 /// `on_reading` what a look at the marker says. It never reads: markers are not answered.
+/// A connection the server has ended (it may time a marker's connection out after
+/// `marker_max` of quiet, hang up on it, or shed it unaccepted) is replaced, as is one whose
+/// marker has waited longer than `marker_max`: either would otherwise leave a marker waiting
+/// for ever, and the gauge judging a queue it no longer measures.
 pub fn run(
     addr: SocketAddr,
     lag: &QueueLag,
+    marker_max: Duration,
     stopping: impl Fn() -> bool,
     mut on_reading: impl FnMut(Reading),
 ) {
@@ -228,18 +233,15 @@ pub fn run(
     let retry = Duration::from_millis(limits::QUEUE_LAG_RECONNECT_MS);
     let mut judge = Judge::default();
     while !stopping() {
-        let Ok(mut stream) = connect(addr) else {
-            thread::sleep(retry);
-            continue;
-        };
-        let Ok(local) = stream.local_addr() else {
+        // Taken before connecting: a loop retired meanwhile asks again, and is not lost.
+        lag.reconnect.store(false, Ordering::Release);
+        let Ok((stream, local)) = connect(addr) else {
             thread::sleep(retry);
             continue;
         };
         lag.gauge.set(local.port());
-        lag.reconnect.store(false, Ordering::Release);
         let mut outstanding: Option<Outstanding> = None;
-        while !stopping() && !lag.reconnect.load(Ordering::Acquire) {
+        while !stopping() && !lag.reconnect.load(Ordering::Acquire) && still_open(&stream) {
             let pipelined = lag.pipelined.load(Ordering::Relaxed);
             let now_us = lag.now_us();
             if let Some(marker) = &outstanding
@@ -249,15 +251,21 @@ pub fn run(
             }
             let reading = match &outstanding {
                 Some(marker) => {
-                    let waited_us = now_us.saturating_sub(marker.sent_us);
-                    lag.lag_us.store(waited_us, Ordering::Relaxed);
-                    judge.look(
-                        Duration::from_micros(waited_us),
-                        pipelined.saturating_sub(marker.pipelined),
-                    )
+                    let waited = Duration::from_micros(now_us.saturating_sub(marker.sent_us));
+                    if waited > marker_max {
+                        break;
+                    }
+                    lag.lag_us.store(
+                        u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
+                        Ordering::Relaxed,
+                    );
+                    judge.look(waited, pipelined.saturating_sub(marker.pipelined))
                 }
                 None => {
-                    if stream.write_all(marker_request(now_us).as_bytes()).is_err() {
+                    if (&stream)
+                        .write_all(marker_request(now_us).as_bytes())
+                        .is_err()
+                    {
                         break;
                     }
                     outstanding = Some(Outstanding {
@@ -279,20 +287,31 @@ pub fn run(
     }
 }
 
-fn connect(addr: SocketAddr) -> io::Result<TcpStream> {
+/// A connection to `addr` for the gauge, non-blocking, and its local address.
+fn connect(addr: SocketAddr) -> io::Result<(TcpStream, SocketAddr)> {
     let timeout = Duration::from_millis(limits::QUEUE_LAG_RECONNECT_MS);
     let stream = TcpStream::connect_timeout(&addr, timeout)?;
     // A marker's stamp is its time of writing only if it leaves at once.
     stream.set_nodelay(true)?;
-    // tiny_http reads whatever arrives, so a write only blocks if the connection thread is
-    // gone without closing it; then a new connection is wanted.
-    stream.set_write_timeout(Some(timeout))?;
-    Ok(stream)
+    // tiny_http reads whatever arrives, and one small marker at a time is written, so a write
+    // would block only if the connection thread were gone without closing it; then it fails,
+    // and a new connection is wanted. Non-blocking also lets `still_open` look without waiting.
+    stream.set_nonblocking(true)?;
+    let local = stream.local_addr()?;
+    Ok((stream, local))
+}
+
+/// Whether the server still holds the gauge's connection open: nothing has come back on it.
+/// The server never answers a marker, so anything that arrives (the end of the stream, a reset,
+/// a 408 for a marker that waited past the idle timeout) means it is done with the connection.
+fn still_open(stream: &TcpStream) -> bool {
+    matches!(stream.peek(&mut [0; 1]), Err(err) if err.kind() == io::ErrorKind::WouldBlock)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     const LAG_MAX: Duration = Duration::from_millis(limits::QUEUE_LAG_MAX_MS);
     const MANY: u64 = limits::QUEUE_LAG_PIPELINED_MIN;
@@ -366,51 +385,118 @@ mod tests {
         }
     }
 
-    /// The test stands in for the server: it reads the markers, and plays the acceptors
-    /// taking pipelined requests, and at last the marker.
+    /// How long a test waits for what the gauge does before failing.
+    const WITHIN: Duration = Duration::from_secs(5);
+
+    /// A gauge thread writing to a listener of the test's, which stands in for the server:
+    /// it reads the markers, and plays the acceptors taking requests and markers.
+    struct StandIn {
+        listener: std::net::TcpListener,
+        lag: std::sync::Arc<QueueLag>,
+        stop: std::sync::Arc<AtomicBool>,
+        readings: std::sync::mpsc::Receiver<Reading>,
+        gauge: Option<thread::JoinHandle<()>>,
+    }
+
+    impl StandIn {
+        fn start(marker_max: Duration) -> StandIn {
+            use std::sync::Arc;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let lag = Arc::new(QueueLag::new(Instant::now()));
+            lag.set_own_ip(addr.ip());
+            let stop = Arc::new(AtomicBool::new(false));
+            let (readings_tx, readings) = std::sync::mpsc::channel();
+            let (gauge_lag, gauge_stop) = (Arc::clone(&lag), Arc::clone(&stop));
+            let gauge = thread::spawn(move || {
+                let stopping = || gauge_stop.load(Ordering::Relaxed);
+                run(addr, &gauge_lag, marker_max, stopping, |reading| {
+                    let _ = readings_tx.send(reading);
+                })
+            });
+            StandIn {
+                listener,
+                lag,
+                stop,
+                readings,
+                gauge: Some(gauge),
+            }
+        }
+
+        /// The gauge's next connection, and its address.
+        fn accept(&self) -> (TcpStream, SocketAddr) {
+            let deadline = Instant::now() + WITHIN;
+            loop {
+                match self.listener.accept() {
+                    Ok((stream, peer)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        stream.set_read_timeout(Some(WITHIN)).unwrap();
+                        return (stream, peer);
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                        assert!(Instant::now() < deadline, "the gauge did not connect");
+                        thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(err) => panic!("accept: {err}"),
+                }
+            }
+        }
+
+        /// The first reading that `wanted` accepts.
+        fn reading(&self, wanted: impl Fn(&Reading) -> bool) -> Reading {
+            let deadline = Instant::now() + WITHIN;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let reading = self.readings.recv_timeout(left).expect("no such reading");
+                if wanted(&reading) {
+                    return reading;
+                }
+            }
+        }
+
+        /// Waits until the gauge has noted `peer` as its connection.
+        fn noted(&self, peer: SocketAddr) {
+            let deadline = Instant::now() + WITHIN;
+            while !self.lag.is_marker(peer) {
+                assert!(Instant::now() < deadline, "the gauge did not note {peer}");
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    impl Drop for StandIn {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+            if let Some(gauge) = self.gauge.take() {
+                let _ = gauge.join();
+            }
+        }
+    }
+
+    /// The target of the next marker written on `stream`.
+    fn next_marker(stream: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut byte = [0; 1];
+            assert_eq!(stream.read(&mut byte).expect("a marker came"), 1);
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        head.split(' ').nth(1).unwrap().to_string()
+    }
+
     #[test]
     fn the_gauge_judges_its_marker_while_it_waits_and_writes_the_next_once_it_is_taken() {
-        use std::io::{BufRead, BufReader};
-        use std::net::TcpListener;
-        use std::sync::Arc;
-        use std::sync::mpsc;
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let lag = Arc::new(QueueLag::new(Instant::now()));
-        lag.set_own_ip(addr.ip());
-        let stop = Arc::new(AtomicBool::new(false));
-        let (readings_tx, readings) = mpsc::channel();
-        let gauge = {
-            let (lag, stop) = (Arc::clone(&lag), Arc::clone(&stop));
-            thread::spawn(move || {
-                run(
-                    addr,
-                    &lag,
-                    || stop.load(Ordering::Relaxed),
-                    |r| {
-                        let _ = readings_tx.send(r);
-                    },
-                )
-            })
-        };
-        let (stream, peer) = listener.accept().unwrap();
-        let mut lines = BufReader::new(stream).lines();
-        let mut next_marker = || loop {
-            let line = lines.next().unwrap().unwrap();
-            if let Some(target) = line.strip_prefix("GET ") {
-                break target.split(' ').next().unwrap().to_string();
-            }
-        };
-        let first = next_marker();
-        assert!(lag.is_marker(peer), "the gauge noted its connection");
+        let stand_in = StandIn::start(WITHIN);
+        let (mut stream, peer) = stand_in.accept();
+        let first = next_marker(&mut stream);
+        stand_in.noted(peer);
         // The marker waits while the acceptors take many pipelined requests: far behind.
         for _ in 0..MANY {
-            lag.count_pipelined();
+            stand_in.lag.count_pipelined();
         }
-        let behind = readings
-            .iter()
-            .find(|r| matches!(r, Reading::FellBehind { .. }))
-            .unwrap();
+        let behind = stand_in.reading(|r| matches!(r, Reading::FellBehind { .. }));
         let Reading::FellBehind {
             lag: waited,
             pipelined,
@@ -419,27 +505,51 @@ mod tests {
             unreachable!()
         };
         assert!(waited >= LAG_MAX && pipelined >= MANY, "{behind:?}");
-        assert!(lag.lag() >= LAG_MAX);
+        assert!(stand_in.lag.lag() >= LAG_MAX);
+        stand_in.reading(|r| *r == Reading::StillBehind);
         // Taken at last: the next marker is written, and the gauge catches up.
-        assert!(lag.take_marker(&first, Instant::now()));
-        let second = next_marker();
+        assert!(stand_in.lag.take_marker(&first, Instant::now()));
+        let second = next_marker(&mut stream);
         assert!(parse_marker(&second) > parse_marker(&first));
-        assert!(
-            readings
-                .iter()
-                .any(|r| matches!(r, Reading::CaughtUp { .. }))
-        );
+        stand_in.reading(|r| matches!(r, Reading::CaughtUp { .. }));
         // A retired accept loop: the gauge connects again, and forgets the old port.
-        lag.reconnect();
-        let (_again, again_peer) = listener.accept().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !lag.is_marker(again_peer) && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(5));
-        }
-        assert!(lag.is_marker(again_peer) && !lag.is_marker(peer));
-        stop.store(true, Ordering::Relaxed);
-        gauge.join().unwrap();
+        stand_in.lag.reconnect();
+        let (_again, again_peer) = stand_in.accept();
+        stand_in.noted(again_peer);
+        assert!(!stand_in.lag.is_marker(peer));
+        let lag = std::sync::Arc::clone(&stand_in.lag);
+        drop(stand_in);
         assert!(!lag.is_marker(again_peer), "cleared as it ends");
+    }
+
+    #[test]
+    fn a_connection_the_server_ended_or_a_marker_waiting_too_long_is_replaced() {
+        let marker_max = Duration::from_secs(2);
+        let stand_in = StandIn::start(marker_max);
+        // The server ends the connection while the marker waits (as tiny_http does after an
+        // idle timeout, or a hang-up): a new connection, with a new marker, long before the
+        // marker would be given up for lost.
+        let (mut stream, peer) = stand_in.accept();
+        next_marker(&mut stream);
+        stand_in.noted(peer);
+        let ended = Instant::now();
+        stream.shutdown(std::net::Shutdown::Both).unwrap();
+        let (mut stream, peer) = stand_in.accept();
+        assert!(ended.elapsed() < marker_max / 2, "{:?}", ended.elapsed());
+        next_marker(&mut stream);
+        stand_in.noted(peer);
+        // The server holds the connection but never takes the marker: past `marker_max` it
+        // is given up for lost, before it could be judged late for ever.
+        let waited_since = Instant::now();
+        let (mut again, again_peer) = stand_in.accept();
+        assert!(
+            waited_since.elapsed() >= marker_max - LAG_MAX,
+            "not before its time"
+        );
+        next_marker(&mut again);
+        stand_in.noted(again_peer);
+        assert!(!stand_in.lag.is_marker(peer));
+        drop(stream);
     }
 
     #[test]
