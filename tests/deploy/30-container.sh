@@ -12,22 +12,8 @@ need_podman
 image="localhost/$RUN_ID:test"
 volume="$RUN_ID-state"
 
-# Build from a copy of the repository's build inputs, laid out as in the
-# repository, so the real Containerfile and .containerignore are used even
-# when cargo's target directory is elsewhere.
-ctx="$WORK/ctx"
-mkdir -p "$ctx/target/x86_64-unknown-linux-musl/release" "$ctx/init/container"
-cp "$REPO/Containerfile" "$REPO/.containerignore" "$ctx/"
-cp -r "$REPO/init/container/state" "$ctx/init/container/"
-cp "$FIBD_BIN" "$ctx/target/x86_64-unknown-linux-musl/release/fibd"
-
-on_exit "pm rmi -f $image"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n 1)
-# --layers=false: no layer cache (podman 4.3 reuses a cached COPY layer even
-# when only --chown changed, which would hide a broken Containerfile), and no
-# intermediate images left behind.
-if pm build --pull=never --layers=false --format docker -f "$ctx/Containerfile" -t "$image" --build-arg "VERSION=$version" "$ctx" \
-    >"$WORK/build.log" 2>&1; then
+if build_image "$image" "$WORK/build.log"; then
     pass "podman build --pull=never"
 else
     fail "podman build --pull=never" "$(tail -n 5 "$WORK/build.log" | tr '\n' ' ')"

@@ -75,6 +75,24 @@ pm() { podman --runtime runc --cgroup-manager cgroupfs "$@"; }
 # shellcheck disable=SC2034 # used by the tests that source this file
 PM_RUN=(--network host --ulimit nofile=20000:20000 --ulimit nproc=4096:4096)
 
+# build_image IMAGE LOG: the scratch image from the real Containerfile and
+# .containerignore, in a copy of the repository's build inputs laid out as in
+# the repository (so cargo's target directory may be elsewhere), tagged IMAGE
+# and removed when the test ends. --layers=false: no layer cache (podman 4.3
+# reuses a cached COPY layer even when only --chown changed, which would hide
+# a broken Containerfile), and no intermediate images left behind.
+build_image() {
+    local ctx="$WORK/ctx" version
+    mkdir -p "$ctx/target/x86_64-unknown-linux-musl/release" "$ctx/init/container"
+    cp "$REPO/Containerfile" "$REPO/.containerignore" "$ctx/"
+    cp -r "$REPO/init/container/state" "$ctx/init/container/"
+    cp "$FIBD_BIN" "$ctx/target/x86_64-unknown-linux-musl/release/fibd"
+    on_exit "pm rmi -f $1"
+    version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n 1)
+    pm build --pull=never --layers=false --format docker -f "$ctx/Containerfile" -t "$1" \
+        --build-arg "VERSION=$version" "$ctx" >"$2" 2>&1
+}
+
 # A TCP port that no socket uses right now, below the kernel's ephemeral
 # range so an outgoing connection cannot take it before fibd binds it. Only
 # tests that cannot use port 0 (service managers and containers, whose address
