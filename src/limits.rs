@@ -94,14 +94,15 @@ pub const HANG_UP_REST_PER_SCAN: u32 = 4;
 pub const QUEUE_LAG_MARKER_INTERVAL_MS: u64 = 20;
 /// The gauge's marker is late once it has waited this long in tiny_http's queue: clients that
 /// wait for their replies, even thousands of new connections at once, are served sooner.
-/// Detection within 0.1 s matters: a flood grows the queue by up to 200 MiB a second.
+/// Seeing it soon matters: a flood grows the queue by hundreds of MiB a second.
 pub const QUEUE_LAG_MAX_MS: u64 = 100;
 /// ... if the acceptors took at least this many pipelined requests meanwhile
 /// (`queue_lag::Judge`); a starved acceptor under a flood takes about 5,000 in 0.1 s. Fewer
 /// mean a process short of the core, or a burst of ordinary clients, not a flood.
 pub const QUEUE_LAG_PIPELINED_MIN: u64 = 1_000;
 /// Late looks in a row (one per marker interval) that make the acceptor far behind, when the
-/// edge hangs up on every connection but its own and those with only a request in flight.
+/// edge hangs up on every connection but its own and those with only a request in flight: a
+/// flood is seen about 0.12 s after it begins.
 pub const QUEUE_LAG_LATE_LOOKS_MIN: u32 = 2;
 /// The gauge's connect timeout and its wait between failed connects, and its write timeout.
 pub const QUEUE_LAG_RECONNECT_MS: u64 = 1_000;
@@ -119,10 +120,11 @@ pub const KEPT_CONNECTIONS_MAX: usize = 128;
 /// so this is well under a second of waiting; the kernel caps it at `net.core.somaxconn`.
 pub const LISTEN_BACKLOG: u32 = 1024;
 /// Each connection's receive buffer (SO_RCVBUF; the kernel doubles it for its bookkeeping).
-/// A request head is at most 8 KiB and a client waiting for its replies sends a few at a
-/// time, so this never holds up an ordinary client; it bounds what a client that pipelines
-/// without reading has buffered when it is hung up on, which tiny_http still parses: about
-/// 1,800 small requests, where the kernel's own tuning allows up to `tcp_rmem`'s maximum.
+/// Requests are small (a head past 24 KiB is refused anyway) and a client waiting for its
+/// replies sends a few at a time, so this never holds up an ordinary client; it bounds what
+/// a client that pipelines without reading has buffered when it is hung up on, which
+/// tiny_http still parses: under a thousand small requests, where the kernel's own tuning
+/// lets the buffer grow to `tcp_rmem`'s maximum (32 MiB on the test host).
 pub const RECEIVE_BUFFER_BYTES: u32 = 16 * 1024;
 
 /// How often the acceptor checks whether it should stop; this bounds how late shutdown begins.

@@ -426,7 +426,7 @@ impl Metrics {
             ),
             (
                 "fibd_connections_purged_total",
-                "Of those, connections hung up on because fibd had fallen far behind the requests clients sent (the request queue lagged over 250 ms behind about 20,000 requests): all but those with a request in flight.",
+                "Of those, connections hung up on because fibd had fallen far behind a flood of pipelined requests (its marker request waited 100 ms while it took 1,000 pipelined requests): all but those with just a request in flight.",
                 &self.connections_purged,
             ),
             (
@@ -488,7 +488,7 @@ impl Metrics {
             &mut out,
             "fibd_request_queue_lag_seconds",
             "gauge",
-            "How long the last of fibd's own marker requests, sent every 20 ms, waited between being sent and being taken from the request queue.",
+            "How long fibd's own marker request waited, or has waited so far, between being sent and being taken from the request queue (one at a time, at most every 20 ms).",
         );
         let _ = writeln!(
             out,
