@@ -1112,38 +1112,48 @@ struct LoopFailed {
     idled: bool,
 }
 
+impl LoopFailed {
+    /// A loop that failed to accept, as opposed to one that idled.
+    fn failed(message: String, out_of_resources: bool) -> LoopFailed {
+        LoopFailed {
+            message,
+            out_of_resources,
+            idled: false,
+        }
+    }
+}
+
 /// Starts a tiny_http server (its accept loop) on a copy of `listener`. When no thread can
 /// be spawned for it, tiny_http panics on this thread; that is caught and returned as an
 /// error like any other, so running out of threads is survived as running out of
 /// descriptors is. Nothing is left half-made: the spawn is the last thing tiny_http does, and
 /// unwinding drops the socket copy and the queue it had made.
 fn start_accept_loop(listener: &TcpListener) -> Result<Server, LoopFailed> {
-    let copy = listener.try_clone().map_err(|err| LoopFailed {
-        message: format!("cannot copy the listening socket: {err}"),
-        out_of_resources: out_of_descriptors(&err),
-        idled: false,
+    let copy = listener.try_clone().map_err(|err| {
+        LoopFailed::failed(
+            format!("cannot copy the listening socket: {err}"),
+            out_of_descriptors(&err),
+        )
     })?;
     STARTING_ACCEPT_LOOP.set(true);
     let started = panic::catch_unwind(AssertUnwindSafe(|| Server::from_listener(copy, None)));
     STARTING_ACCEPT_LOOP.set(false);
     match started {
         Ok(Ok(server)) => Ok(server),
-        Ok(Err(err)) => Err(LoopFailed {
-            message: err.to_string(),
-            out_of_resources: out_of_resources(&format!("{err:?}")),
-            idled: false,
-        }),
+        Ok(Err(err)) => Err(LoopFailed::failed(
+            err.to_string(),
+            out_of_resources(&format!("{err:?}")),
+        )),
         Err(payload) => {
             let message = payload
                 .downcast_ref::<String>()
                 .map(String::as_str)
                 .or_else(|| payload.downcast_ref::<&str>().copied())
                 .unwrap_or("(no message)");
-            Err(LoopFailed {
-                message: format!("tiny_http could not start: {message}"),
-                out_of_resources: out_of_resources(message),
-                idled: false,
-            })
+            Err(LoopFailed::failed(
+                format!("tiny_http could not start: {message}"),
+                out_of_resources(message),
+            ))
         }
     }
 }
@@ -1167,20 +1177,18 @@ fn serve(edge: &Edge, server: &Server, idle_max: Option<Duration>) -> Result<(),
             match ACCEPT_THREAD_PANICKED.swap(0, Ordering::AcqRel) {
                 0 => {}
                 OUT_OF_RESOURCES => {
-                    return Err(LoopFailed {
-                        message: "tiny_http's accept thread panicked: file descriptors or \
-                                  threads ran out"
-                            .to_string(),
-                        out_of_resources: true,
-                        idled: false,
-                    });
+                    return Err(LoopFailed::failed(
+                        "tiny_http's accept thread panicked: file descriptors or threads ran \
+                         out"
+                        .to_string(),
+                        true,
+                    ));
                 }
                 _ => {
-                    return Err(LoopFailed {
-                        message: "tiny_http's accept thread panicked".to_string(),
-                        out_of_resources: false,
-                        idled: false,
-                    });
+                    return Err(LoopFailed::failed(
+                        "tiny_http's accept thread panicked".to_string(),
+                        false,
+                    ));
                 }
             }
         }
