@@ -410,6 +410,7 @@ impl Edge {
             requests_waiting: self.connections.waiting(),
             connections_tracked: self.connections.tracked(),
             request_queue_lag: self.queue_lag.lag(),
+            request_queue_behind: self.queue_lag.is_behind(),
         }
     }
 

@@ -92,7 +92,9 @@ pub const HANG_UP_REST_PER_SCAN: u32 = 4;
 /// How often the queue-lag gauge writes a marker (`queue_lag.rs`): how soon a lag is seen. Fifty
 /// markers a second are a few thousandths of what the acceptor takes.
 pub const QUEUE_LAG_MARKER_INTERVAL_MS: u64 = 20;
-/// The gauge's marker is late once it has waited this long in tiny_http's queue: clients that
+/// The gauge's marker is late once it has waited this long in tiny_http's queue (tiny_http
+/// times the gauge's connection out after an idle timeout, so a `--idle-timeout-ms` under
+/// about three times this never sees a marker late): clients that
 /// wait for their replies, even thousands of new connections at once, are served sooner.
 /// Seeing it soon matters: a flood grows the queue by hundreds of MiB a second.
 pub const QUEUE_LAG_MAX_MS: u64 = 100;
@@ -104,7 +106,8 @@ pub const QUEUE_LAG_PIPELINED_MIN: u64 = 1_000;
 /// edge hangs up on every connection but its own and those with only a request in flight: a
 /// flood is seen about 0.12 s after it begins.
 pub const QUEUE_LAG_LATE_LOOKS_MIN: u32 = 2;
-/// The gauge's connect timeout and its wait between failed connects, and its write timeout.
+/// The gauge's connect timeout, and its wait before connecting again after a failed connect or
+/// a connection that ended before any of its markers was taken.
 pub const QUEUE_LAG_RECONNECT_MS: u64 = 1_000;
 
 /// Connections kept open forever because a request on them announced a body that tiny_http

@@ -20,6 +20,8 @@ pub struct Depths {
     pub connections_tracked: usize,
     /// How long the last marker of the queue-lag gauge waited in tiny_http's queue.
     pub request_queue_lag: Duration,
+    /// Whether the gauge judges fibd far behind a flood of pipelined requests.
+    pub request_queue_behind: bool,
 }
 
 /// Panics in tiny_http's threads, which fibd survives. A static, since the panic hook that
@@ -495,6 +497,17 @@ impl Metrics {
             "fibd_request_queue_lag_seconds {}",
             depths.request_queue_lag.as_secs_f64()
         );
+        family(
+            &mut out,
+            "fibd_request_queue_behind",
+            "gauge",
+            "1 while fibd is far behind a flood of pipelined requests and hangs up on connections (between event=fell_behind and event=caught_up), else 0.",
+        );
+        let _ = writeln!(
+            out,
+            "fibd_request_queue_behind {}",
+            u8::from(depths.request_queue_behind)
+        );
         let process = crate::process::Figures::read();
         family(
             &mut out,
@@ -715,6 +728,7 @@ mod tests {
                 requests_waiting: 4,
                 connections_tracked: 5,
                 request_queue_lag: Duration::from_millis(6),
+                request_queue_behind: true,
             },
         );
         assert!(
@@ -730,6 +744,7 @@ mod tests {
             "fibd_requests_waiting 4",
             "fibd_connections_tracked 5",
             "fibd_request_queue_lag_seconds 0.006",
+            "fibd_request_queue_behind 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line}\n{text}");
         }

@@ -68,6 +68,8 @@ pub struct QueueLag {
     /// Asks the gauge thread for a new connection: the accept loop that served its old one
     /// was retired, and a retired loop's queue is only polled now and then.
     reconnect: AtomicBool,
+    /// Whether the gauge judges the acceptor far behind, for `/metrics`.
+    behind: AtomicBool,
 }
 
 /// The verdict after a look at the marker.
@@ -94,6 +96,7 @@ impl QueueLag {
             seen_us: AtomicU64::new(0),
             lag_us: AtomicU64::new(0),
             reconnect: AtomicBool::new(false),
+            behind: AtomicBool::new(false),
         }
     }
 
@@ -139,6 +142,11 @@ impl QueueLag {
         Duration::from_micros(self.lag_us.load(Ordering::Relaxed))
     }
 
+    /// Whether the gauge judges the acceptor far behind, for `/metrics`.
+    pub fn is_behind(&self) -> bool {
+        self.behind.load(Ordering::Relaxed)
+    }
+
     /// Asks the gauge thread to connect again (see `reconnect`).
     pub fn reconnect(&self) {
         self.reconnect.store(true, Ordering::Release);
@@ -173,7 +181,9 @@ fn parse_marker(target: &str) -> Option<u64> {
 /// pipelined requests or more. Both, because either alone is ordinary: clients that pipeline
 /// a few requests each are served within milliseconds, and a process starved of the core (a
 /// busy host, a stop and continue, a burst of thousands of new connections) lags without
-/// pipelined requests, where hanging up on clients would free little.
+/// pipelined requests, where hanging up on clients would free little. Caught up means a
+/// marker was taken in time; a marker still on its way and not yet late proves nothing, and
+/// while behind, the edge goes on hanging up meanwhile.
 #[derive(Default)]
 pub struct Judge {
     late_in_row: u32,
@@ -182,9 +192,9 @@ pub struct Judge {
 }
 
 impl Judge {
-    /// Judges one look: the marker has waited `lag` (zero once taken) while the acceptors took
-    /// `pipelined` pipelined requests.
-    pub fn look(&mut self, lag: Duration, pipelined: u64) -> Reading {
+    /// Judges one look at a marker that has waited `lag` so far (or in all, once `taken`)
+    /// while the acceptors took `pipelined` pipelined requests.
+    pub fn look(&mut self, lag: Duration, pipelined: u64, taken: bool) -> Reading {
         let late = lag >= Duration::from_millis(limits::QUEUE_LAG_MAX_MS)
             && pipelined >= limits::QUEUE_LAG_PIPELINED_MIN;
         self.late_in_row = if late { self.late_in_row + 1 } else { 0 };
@@ -194,7 +204,7 @@ impl Judge {
                 Reading::FellBehind { lag, pipelined }
             }
             None => Reading::KeepingUp,
-            Some(looks) if late => {
+            Some(looks) if late || !taken => {
                 self.behind = Some(looks + 1);
                 Reading::StillBehind
             }
@@ -206,6 +216,10 @@ impl Judge {
                 }
             }
         }
+    }
+
+    pub fn is_behind(&self) -> bool {
+        self.behind.is_some()
     }
 }
 
@@ -241,15 +255,20 @@ pub fn run(
         };
         lag.gauge.set(local.port());
         let mut outstanding: Option<Outstanding> = None;
+        let mut any_taken = false;
         while !stopping() && !lag.reconnect.load(Ordering::Acquire) && still_open(&stream) {
             let pipelined = lag.pipelined.load(Ordering::Relaxed);
             let now_us = lag.now_us();
-            if let Some(marker) = &outstanding
-                && lag.seen_us.load(Ordering::Acquire) >= marker.sent_us
-            {
-                outstanding = None;
-            }
-            let reading = match &outstanding {
+            // A look at the marker just taken, by how long it waited in all (the acceptor
+            // noted that), or at the one still on its way, by how long it has waited so far.
+            // A new connection has neither: its first marker is written without a look, so
+            // that a marker lost with the old connection is not taken for one on time.
+            let look = match outstanding.take() {
+                Some(marker) if lag.seen_us.load(Ordering::Acquire) >= marker.sent_us => {
+                    any_taken = true;
+                    let waited = Duration::from_micros(lag.lag_us.load(Ordering::Relaxed));
+                    Some((waited, pipelined.saturating_sub(marker.pipelined), true))
+                }
                 Some(marker) => {
                     let waited = Duration::from_micros(now_us.saturating_sub(marker.sent_us));
                     if waited > marker_max {
@@ -259,23 +278,29 @@ pub fn run(
                         u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
                         Ordering::Relaxed,
                     );
-                    judge.look(waited, pipelined.saturating_sub(marker.pipelined))
+                    let look = (waited, pipelined.saturating_sub(marker.pipelined), false);
+                    outstanding = Some(marker);
+                    Some(look)
                 }
-                None => {
-                    if (&stream)
-                        .write_all(marker_request(now_us).as_bytes())
-                        .is_err()
-                    {
-                        break;
-                    }
-                    outstanding = Some(Outstanding {
-                        sent_us: now_us,
-                        pipelined,
-                    });
-                    judge.look(Duration::ZERO, 0)
-                }
+                None => None,
             };
-            on_reading(reading);
+            if outstanding.is_none() {
+                if (&stream)
+                    .write_all(marker_request(now_us).as_bytes())
+                    .is_err()
+                {
+                    break;
+                }
+                outstanding = Some(Outstanding {
+                    sent_us: now_us,
+                    pipelined,
+                });
+            }
+            if let Some((waited, pipelined, taken)) = look {
+                let reading = judge.look(waited, pipelined, taken);
+                lag.behind.store(judge.is_behind(), Ordering::Relaxed);
+                on_reading(reading);
+            }
             thread::sleep(interval);
         }
         // Cleared before the connection closes, so that its port, reused by a client, is
@@ -283,7 +308,10 @@ pub fn run(
         // next is judged afresh.
         lag.gauge.clear();
         drop(stream);
-        thread::sleep(interval);
+        // A connection that ended before any of its markers was taken (shed unaccepted while
+        // descriptors ran out, say) is replaced after a pause: at once, it would spend two
+        // descriptors every 20 ms just when they are scarce.
+        thread::sleep(if any_taken { interval } else { retry });
     }
 }
 
@@ -316,10 +344,15 @@ mod tests {
     const LAG_MAX: Duration = Duration::from_millis(limits::QUEUE_LAG_MAX_MS);
     const MANY: u64 = limits::QUEUE_LAG_PIPELINED_MIN;
 
-    fn looks(judge: &mut Judge, looks: &[(Duration, u64)]) -> Vec<Reading> {
+    /// Looks at a marker still on its way.
+    const WAITING: bool = false;
+    /// Looks at a marker just taken.
+    const TAKEN: bool = true;
+
+    fn looks(judge: &mut Judge, looks: &[(Duration, u64, bool)]) -> Vec<Reading> {
         looks
             .iter()
-            .map(|&(lag, pipelined)| judge.look(lag, pipelined))
+            .map(|&(lag, pipelined, taken)| judge.look(lag, pipelined, taken))
             .collect()
     }
 
@@ -341,7 +374,7 @@ mod tests {
     fn far_behind_takes_late_looks_in_a_row_each_behind_many_requests() {
         let min = limits::QUEUE_LAG_LATE_LOOKS_MIN as usize;
         let mut judge = Judge::default();
-        let readings = looks(&mut judge, &vec![(LAG_MAX, MANY); min + 1]);
+        let readings = looks(&mut judge, &vec![(LAG_MAX, MANY, WAITING); min + 1]);
         assert!(readings[..min - 1].iter().all(|&r| r == Reading::KeepingUp));
         assert_eq!(
             readings[min - 1],
@@ -351,31 +384,50 @@ mod tests {
             }
         );
         assert_eq!(readings[min], Reading::StillBehind);
-        // Once behind, a late look keeps it behind, and the first on time catches up.
+        // Once behind, a late marker keeps it behind, taken or not; so does a new marker not
+        // yet late, which proves nothing; the first marker taken in time catches up.
         let on_time = Duration::from_millis(1);
-        let readings = looks(&mut judge, &[(LAG_MAX, MANY), (on_time, 1), (on_time, 1)]);
-        assert_eq!(readings[0], Reading::StillBehind, "{readings:?}");
+        let readings = looks(
+            &mut judge,
+            &[
+                (LAG_MAX * 3, MANY, TAKEN),
+                (on_time, 1, WAITING),
+                (on_time, 1, TAKEN),
+                (on_time, 1, TAKEN),
+            ],
+        );
+        assert_eq!(readings[..2], [Reading::StillBehind; 2], "{readings:?}");
         let interval = Duration::from_millis(limits::QUEUE_LAG_MARKER_INTERVAL_MS);
         assert_eq!(
-            readings[1],
+            readings[2],
             Reading::CaughtUp {
-                behind: interval * 3
+                behind: interval * 4
             }
         );
-        assert_eq!(readings[2], Reading::KeepingUp);
+        assert_eq!(readings[3], Reading::KeepingUp);
+        // A marker taken late counts as a late look.
+        let mut judge = Judge::default();
+        let readings = looks(
+            &mut judge,
+            &[(LAG_MAX, MANY, TAKEN), (LAG_MAX, MANY, WAITING)],
+        );
+        assert!(
+            matches!(readings[min - 1], Reading::FellBehind { .. }),
+            "{readings:?}"
+        );
     }
 
     #[test]
     fn lag_without_a_queue_or_a_queue_without_lag_is_not_behind() {
         // A starved process: the marker very late, a few pipelined requests taken meanwhile.
-        let starved = vec![(LAG_MAX * 10, 10); 20];
+        let starved = vec![(LAG_MAX * 10, 10, WAITING); 20];
         // Clients pipelining many requests, served in time.
-        let burst = vec![(LAG_MAX - Duration::from_micros(1), MANY * 10); 20];
+        let burst = vec![(LAG_MAX - Duration::from_micros(1), MANY * 10, TAKEN); 20];
         // A pause of the whole process: the marker written before it has waited long, and
         // on the first look after it few were taken since; by the next it is taken.
-        let mut paused = vec![(Duration::ZERO, 0); 5];
-        paused.push((LAG_MAX * 20, 100));
-        paused.extend([(Duration::ZERO, 0); 5]);
+        let mut paused = vec![(Duration::from_millis(1), 0, TAKEN); 5];
+        paused.push((LAG_MAX * 20, 100, WAITING));
+        paused.extend([(Duration::from_millis(1), 0, TAKEN); 5]);
         for sequence in [starved, burst, paused] {
             let readings = looks(&mut Judge::default(), &sequence);
             assert!(
@@ -507,11 +559,15 @@ mod tests {
         assert!(waited >= LAG_MAX && pipelined >= MANY, "{behind:?}");
         assert!(stand_in.lag.lag() >= LAG_MAX);
         stand_in.reading(|r| *r == Reading::StillBehind);
-        // Taken at last: the next marker is written, and the gauge catches up.
+        // Taken at last, late: the next marker is written, and the gauge is still behind
+        // until a marker is taken in time.
         assert!(stand_in.lag.take_marker(&first, Instant::now()));
         let second = next_marker(&mut stream);
         assert!(parse_marker(&second) > parse_marker(&first));
+        assert!(stand_in.lag.is_behind());
+        assert!(stand_in.lag.take_marker(&second, Instant::now()));
         stand_in.reading(|r| matches!(r, Reading::CaughtUp { .. }));
+        assert!(!stand_in.lag.is_behind());
         // A retired accept loop: the gauge connects again, and forgets the old port.
         stand_in.lag.reconnect();
         let (_again, again_peer) = stand_in.accept();
@@ -530,12 +586,15 @@ mod tests {
         // idle timeout, or a hang-up): a new connection, with a new marker, long before the
         // marker would be given up for lost.
         let (mut stream, peer) = stand_in.accept();
-        next_marker(&mut stream);
+        let first = next_marker(&mut stream);
         stand_in.noted(peer);
+        stand_in.lag.take_marker(&first, Instant::now());
+        next_marker(&mut stream);
         let ended = Instant::now();
         stream.shutdown(std::net::Shutdown::Both).unwrap();
         let (mut stream, peer) = stand_in.accept();
-        assert!(ended.elapsed() < marker_max / 2, "{:?}", ended.elapsed());
+        let replaced_after = ended.elapsed();
+        assert!(replaced_after < marker_max / 2, "{replaced_after:?}");
         next_marker(&mut stream);
         stand_in.noted(peer);
         // The server holds the connection but never takes the marker: past `marker_max` it
@@ -543,13 +602,20 @@ mod tests {
         let waited_since = Instant::now();
         let (mut again, again_peer) = stand_in.accept();
         assert!(
-            waited_since.elapsed() >= marker_max - LAG_MAX,
+            waited_since.elapsed() >= marker_max / 2,
             "not before its time"
         );
         next_marker(&mut again);
         stand_in.noted(again_peer);
         assert!(!stand_in.lag.is_marker(peer));
         drop(stream);
+        // A connection ended before any of its markers was taken (as one shed unaccepted
+        // is) is replaced only after a pause, not every look.
+        let ended = Instant::now();
+        again.shutdown(std::net::Shutdown::Both).unwrap();
+        let _last = stand_in.accept();
+        let pause = Duration::from_millis(limits::QUEUE_LAG_RECONNECT_MS);
+        assert!(ended.elapsed() >= pause / 2, "{:?}", ended.elapsed());
     }
 
     #[test]
