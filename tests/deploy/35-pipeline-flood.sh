@@ -32,17 +32,33 @@ mkdir "$WORK/state"
 chown 65532:65532 "$WORK/state"
 name="$RUN_ID-flood"
 on_exit "pm rm -f -t 0 $name"
+# allowed_cpus: the CPUs this test may run on, one per line.
+allowed_cpus() {
+    local part
+    for part in $(awk '/^Cpus_allowed_list:/ {print $2}' /proc/self/status | tr ',' ' '); do
+        case $part in
+            *-*) seq "${part%-*}" "${part#*-}" ;;
+            *) echo "$part" ;;
+        esac
+    done
+}
 box=() flood_core=()
-if [ "$(nproc)" -ge 2 ]; then
-    box=(--cpuset-cpus 0)
-    flood_core=(taskset -c 1)
+mapfile -t cpus < <(allowed_cpus)
+if [ "${#cpus[@]}" -ge 2 ] && command -v taskset >/dev/null 2>&1; then
+    box=(--cpuset-cpus "${cpus[0]}")
+    flood_core=(taskset -c "${cpus[1]}")
+else
+    info "fibd and the flood share the CPUs: fewer than two, or no taskset"
 fi
 # Started from the work directory: conmon, which stays behind as the container's
 # monitor, writes a file named oom into its working directory when the kernel
 # kills the container's process for memory.
-(cd "$WORK" && pm run -d --name "$name" "${PM_RUN[@]}" "${box[@]}" --cpus 1 --memory 512m \
+if ! (cd "$WORK" && pm run -d --name "$name" "${PM_RUN[@]}" "${box[@]}" --cpus 1 --memory 512m \
     --memory-swap 512m --read-only -v "$WORK/state:/var/lib/fibd" -e "FIBD_LISTEN=127.0.0.1:$port" \
-    "$image" >/dev/null)
+    "$image" >"$WORK/run.log" 2>&1); then
+    fail "fibd starts in the box" "$(tail -n 3 "$WORK/run.log" | tr '\n' ' ')"
+    exit 0
+fi
 if ! wait_ready "$base" 20; then
     fail "fibd starts in the box" "$(pm logs "$name" 2>&1 | tail -n 3 | tr '\n' ' ')"
     exit 0

@@ -83,10 +83,11 @@ PM_RUN=(--network host --ulimit nofile=20000:20000 --ulimit nproc=4096:4096)
 # a broken Containerfile), and no intermediate images left behind.
 build_image() {
     local ctx="$WORK/ctx" version
-    mkdir -p "$ctx/target/x86_64-unknown-linux-musl/release" "$ctx/init/container"
-    cp "$REPO/Containerfile" "$REPO/.containerignore" "$ctx/"
-    cp -r "$REPO/init/container/state" "$ctx/init/container/"
-    cp "$FIBD_BIN" "$ctx/target/x86_64-unknown-linux-musl/release/fibd"
+    # Callers test the status, which turns set -e off in here: each step says so itself.
+    mkdir -p "$ctx/target/x86_64-unknown-linux-musl/release" "$ctx/init/container" || return 1
+    cp "$REPO/Containerfile" "$REPO/.containerignore" "$ctx/" || return 1
+    cp -r "$REPO/init/container/state" "$ctx/init/container/" || return 1
+    cp "$FIBD_BIN" "$ctx/target/x86_64-unknown-linux-musl/release/fibd" || return 1
     on_exit "pm rmi -f $1"
     version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n 1)
     pm build --pull=never --layers=false --format docker -f "$ctx/Containerfile" -t "$1" \
