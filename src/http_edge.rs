@@ -1269,14 +1269,12 @@ fn out_of_descriptors(err: &io::Error) -> bool {
 /// queue is full the request is answered 503 at once.
 fn dispatch(edge: &Edge, request: Request) {
     let arrived = Instant::now();
-    if request
-        .remote_addr()
-        .is_some_and(|&addr| edge.queue_lag.is_marker(addr))
-    {
+    let addr = request.remote_addr().copied();
+    if addr.is_some_and(|addr| edge.queue_lag.is_marker(addr)) {
         edge.take_marker(request, arrived);
         return;
     }
-    let peer = request.remote_addr().copied().map(Peer::of);
+    let peer = addr.map(Peer::of);
     // One pass over the headers for everything routing needs.
     let mut accept = routes::Accept::default();
     let (mut transfer_encoded, mut header_bytes) = (false, 0);
