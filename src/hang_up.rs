@@ -477,15 +477,8 @@ mod tests {
         );
         assert!(scan.complete);
         assert_eq!(scan.shut_down, HashSet::from([abandoned_peer]));
-        abandoned
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
+        sees_the_end(&mut abandoned);
         let mut byte = [0; 1];
-        assert_eq!(
-            abandoned.read(&mut byte).unwrap(),
-            0,
-            "the client sees the end"
-        );
         // Sending more after the hang-up is answered with a reset.
         let _ = abandoned.write_all(b"GET / HTTP/1.1\r\n\r\n");
         thread::sleep(Duration::from_millis(50));
@@ -495,13 +488,7 @@ mod tests {
             "a reset follows"
         );
         // The other connection, and the listener, are untouched.
-        kept.set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let idle = kept.read(&mut byte).unwrap_err();
-        assert!(matches!(
-            idle.kind(),
-            ErrorKind::WouldBlock | ErrorKind::TimedOut
-        ));
+        still_open(&mut kept);
         let _late = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         assert!(listener.accept().is_ok(), "still listening");
     }
