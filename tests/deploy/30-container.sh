@@ -88,7 +88,9 @@ t0=$(now_ms)
 pm stop -t 10 "$RUN_ID-two" >/dev/null
 took=$(($(now_ms) - t0))
 code=$(pm inspect --format '{{.State.ExitCode}}' "$RUN_ID-two")
-if [ "$code" = 0 ] && [ "$took" -lt 5000 ]; then
+# Exit 0 is the SIGTERM handled (a SIGKILL after the 10 s would show 137); under 9 s leaves
+# room for podman's own work on a busy machine and still tells a stop from a kill.
+if [ "$code" = 0 ] && [ "$took" -lt 9000 ]; then
     pass "podman stop: SIGTERM, exit 0 in ${took} ms"
 else
     fail "podman stop: SIGTERM, exit 0" "exit $code after ${took} ms"

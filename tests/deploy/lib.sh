@@ -140,11 +140,18 @@ start_time() {
     curl -fsS --max-time 5 "$1/metrics" 2>/dev/null | sed -n 's/^process_start_time_seconds //p' || true
 }
 
+# now_us: microseconds since the epoch. (Deadlines are kept in these, not in $SECONDS,
+# which counts whole seconds: a wait of N seconds measured in it may end after N - 1.)
+now_us() {
+    local t=$EPOCHREALTIME
+    echo "${t//[!0-9]/}"
+}
+
 # wait_ready BASE_URL [SECONDS]: until /readyz answers 200.
 wait_ready() {
-    local deadline=$((SECONDS + ${2:-20}))
+    local deadline=$(($(now_us) + ${2:-20} * 1000000))
     while ! curl -fsS -o /dev/null --max-time 2 "$1/readyz" 2>/dev/null; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
+        [ "$(now_us)" -lt "$deadline" ] || return 1
         sleep 0.2
     done
 }
@@ -158,10 +165,10 @@ kill_wait() {
 
 # wait_for SECONDS CMD...: until CMD succeeds.
 wait_for() {
-    local deadline=$((SECONDS + $1))
+    local deadline=$(($(now_us) + $1 * 1000000))
     shift
     until "$@" >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
+        [ "$(now_us)" -lt "$deadline" ] || return 1
         sleep 0.2
     done
 }
@@ -189,7 +196,7 @@ advance() {
     curl -fsS --max-time 30 -X POST "${args[@]}"
 }
 
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
+now_ms() { echo $(($(now_us) / 1000)); }
 
 # Known values of the sequence, for state checks. Shell arithmetic is 64-bit,
 # so the few larger ones the tests use are spelled out.
