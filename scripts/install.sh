@@ -265,6 +265,8 @@ install_systemd() {
 # Settings for fibd.service (see `fibd --help`); kept across upgrades.
 # FIBD_WORKERS=16
 # FIBD_BATCH_MAX=1024
+# FIBD_IDLE_TIMEOUT_MS=15000
+# FIBD_ACCESS_LOG=1
 EOF
     write_config "$ENV_FILE" "$env_template"
     rm -f "$env_template"

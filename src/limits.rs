@@ -74,8 +74,8 @@ pub const ABANDONED_IDLE_TIMEOUTS: u32 = 2;
 pub const ABANDONED_WATCH_IDLE_TIMEOUTS_MAX: u32 = 8;
 /// Abandoned connections remembered at once, 1/16 of it in each shard of the table: at 120
 /// bytes an entry, the shards' hash tables peak near 16 MiB under a flood (tens of thousands
-/// a second, each remembered for up to four idle timeouts); past it, the quietest are
-/// forgotten early.
+/// a second, each remembered for up to four idle timeouts: `ABANDONED_IDLE_TIMEOUTS` without
+/// news, and as long again until the next sweep); past it, the quietest are forgotten early.
 pub const ABANDONED_REMEMBERED_MAX: usize = 65_536;
 
 /// Connections waiting to be hung up on (`hang_up.rs`): as many as the connection table
