@@ -270,14 +270,12 @@ pub fn run(
                     Some((waited, pipelined.saturating_sub(marker.pipelined), true))
                 }
                 Some(marker) => {
-                    let waited = Duration::from_micros(now_us.saturating_sub(marker.sent_us));
+                    let waited_us = now_us.saturating_sub(marker.sent_us);
+                    let waited = Duration::from_micros(waited_us);
                     if waited > marker_max {
                         break;
                     }
-                    lag.lag_us.store(
-                        u64::try_from(waited.as_micros()).unwrap_or(u64::MAX),
-                        Ordering::Relaxed,
-                    );
+                    lag.lag_us.store(waited_us, Ordering::Relaxed);
                     let look = (waited, pipelined.saturating_sub(marker.pipelined), false);
                     outstanding = Some(marker);
                     Some(look)
