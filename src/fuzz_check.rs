@@ -81,8 +81,9 @@ pub fn route_request(data: &[u8]) -> u16 {
 /// with a message; it never panics. The bytes are also laid over one slot of a file whose
 /// slots are both valid (the first byte picks the slot), which lets the fuzzer reach past the
 /// length check; damage to one slot must never lose the other: recovery then returns the
-/// intact slot, or the damaged one only if it still decodes as a newer valid slot; or it
-/// refuses the file, when the damage is an intact slot of another format version.
+/// intact slot, or the damaged one only if its record still decodes as a newer valid slot;
+/// or it refuses the file, when the damage is a slot written whole (its envelope intact) of
+/// another format version, or newer than the intact one and holding what fibd never writes.
 pub fn recover_state(data: &[u8]) {
     if let Ok(recovered) = slot::recover(data) {
         assert!(recovered.slot.cursor.index() <= crate::fib::INDEX_MAX);
@@ -106,7 +107,10 @@ pub fn recover_state(data: &[u8]) {
     let intact = slots[1 - damaged];
     let recovered = match slot::recover(&file) {
         Ok(recovered) => recovered,
-        Err(slot::RecoverError::OtherVersion { position, .. }) if position == damaged => return,
+        Err(
+            slot::RecoverError::OtherVersion { position, .. }
+            | slot::RecoverError::Damaged { position, .. },
+        ) if position == damaged => return,
         Err(err) => panic!("one slot is intact, yet: {err}"),
     };
     assert!(

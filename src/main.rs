@@ -169,6 +169,24 @@ fn serve(config: Config) -> ExitCode {
             ],
         );
     }
+    for (slot, offset) in recovered.padding_faults.iter().enumerate() {
+        let Some(offset) = offset else { continue };
+        // No crash writes there, so the disk changed bytes it had stored: worth an operator's
+        // look at the disk, though the slot's record was whole and nothing was lost.
+        log::warn(
+            "state_slot_padding_damaged",
+            &[
+                ("state_file", &config.state_file.display()),
+                ("slot", &slot),
+                ("offset", offset),
+                (
+                    "note",
+                    &"the slot's record passed its checksum and was read; the zeros after it \
+                      did not survive, which no crash causes: check the disk",
+                ),
+            ],
+        );
+    }
     let idle_timeout = Duration::from_millis(config.idle_timeout_ms);
     let listener = match http_edge::bind(config.listen, idle_timeout) {
         Ok(listener) => listener,

@@ -18,10 +18,17 @@
 //! | 32     | 4064 | zeros                                          |
 //!
 //! The first 32 bytes are the envelope every format version keeps: magic, version, and a
-//! CRC-32C of bytes 0..28. A slot whose envelope is intact but whose version is another is
-//! then known to be written by another fibd, not torn, and the file is refused rather than
-//! have that slot overwritten as if it were damaged (a rollback after an upgrade would
-//! otherwise silently lose the steps the newer version recorded).
+//! CRC-32C of bytes 0..28. A crash can tear a slot, but a slot whose envelope is intact was
+//! written whole: whatever else is wrong with it came from somewhere other than a crash.
+//! - Another version: another fibd wrote it, and the file is refused rather than have that
+//!   slot overwritten as if it were torn (a rollback after an upgrade would otherwise
+//!   silently lose the steps the newer version recorded).
+//! - What fibd never writes (an index past the table, a sequence in the other slot's
+//!   position, the last sequence number) in a slot newer than the valid one: refused too, since
+//!   falling back to the older slot could lose acknowledged steps. In an older slot it is only
+//!   reported, and the next commit writes over it.
+//! - Non-zero padding: the record itself is covered by the checksum and is read; the damage
+//!   is reported (`Recovered::padding_faults`), and the slot's next commit rewrites it.
 
 use std::fmt;
 
@@ -51,10 +58,35 @@ pub struct Slot {
 pub enum SlotError {
     Magic,
     Version(u32),
-    Checksum { stored: u32, computed: u32 },
-    Padding { offset: usize },
+    Checksum {
+        stored: u32,
+        computed: u32,
+    },
+    Padding {
+        offset: usize,
+    },
     Index(u64),
-    Position { sequence: u64, position: usize },
+    Position {
+        sequence: u64,
+        position: usize,
+    },
+    /// `u64::MAX`, after which no commit can follow. fibd would need billions of years of
+    /// commits to write it, so only a hand-made or damaged file holds it.
+    LastSequence,
+}
+
+impl SlotError {
+    /// Whether the slot's envelope (magic, version, checksum) is intact, so that it was
+    /// written whole and no crash made it so.
+    fn written_whole(&self) -> bool {
+        matches!(
+            self,
+            SlotError::Padding { .. }
+                | SlotError::Index(_)
+                | SlotError::Position { .. }
+                | SlotError::LastSequence
+        )
+    }
 }
 
 impl fmt::Display for SlotError {
@@ -78,6 +110,11 @@ impl fmt::Display for SlotError {
             SlotError::Position { sequence, position } => {
                 write!(f, "sequence {sequence} does not belong in slot {position}")
             }
+            SlotError::LastSequence => write!(
+                f,
+                "sequence {} is the last one, and no commit could follow it",
+                u64::MAX
+            ),
         }
     }
 }
@@ -91,6 +128,13 @@ pub enum RecoverError {
     OtherVersion {
         position: usize,
         version: u32,
+    },
+    /// A slot written whole, holding what fibd never writes, and newer than the valid slot:
+    /// serving the valid one could lose the steps the damaged one recorded.
+    Damaged {
+        position: usize,
+        sequence: u64,
+        error: SlotError,
     },
 }
 
@@ -110,6 +154,18 @@ impl fmt::Display for RecoverError {
                 "slot {position}: {}, written by another version of fibd",
                 SlotError::Version(*version)
             ),
+            RecoverError::Damaged {
+                position,
+                sequence,
+                error,
+            } => write!(
+                f,
+                "slot {position}: {error}, though its checksum holds: it was damaged or \
+                 written by something other than fibd, not torn by a crash, and its sequence \
+                 {sequence} is newer than slot {}'s, so falling back to that slot could lose \
+                 acknowledged steps",
+                1 - position
+            ),
         }
     }
 }
@@ -120,6 +176,9 @@ pub struct Recovered {
     pub slot: Slot,
     /// Why the other slot was rejected, if it was. A torn last write looks exactly like this.
     pub other_slot_error: Option<SlotError>,
+    /// By position, the offset of the first non-zero padding byte of a slot whose record was
+    /// read all the same (its checksum holds). No crash writes there: the disk damaged it.
+    pub padding_faults: [Option<usize>; 2],
 }
 
 /// The byte offset of the slot that holds `sequence`.
@@ -139,13 +198,17 @@ pub fn encode(slot: Slot) -> [u8; SLOT_BYTES] {
     bytes
 }
 
-/// Parses and checks the slot found at `position` (0 or 1) of a file.
+/// Parses and checks the slot found at `position` (0 or 1) of a file, padding included.
 pub fn decode(bytes: &[u8; SLOT_BYTES], position: usize) -> Result<Slot, SlotError> {
-    let field = |range: std::ops::Range<usize>| -> [u8; 8] {
-        let mut out = [0u8; 8];
-        out[..range.len()].copy_from_slice(&bytes[range]);
-        out
-    };
+    let slot = decode_record(bytes, position)?;
+    match padding_fault(bytes) {
+        Some(offset) => Err(SlotError::Padding { offset }),
+        None => Ok(slot),
+    }
+}
+
+/// Parses and checks the record of a slot: everything but its padding.
+fn decode_record(bytes: &[u8; SLOT_BYTES], position: usize) -> Result<Slot, SlotError> {
     if bytes[0..8] != MAGIC {
         return Err(SlotError::Magic);
     }
@@ -154,27 +217,38 @@ pub fn decode(bytes: &[u8; SLOT_BYTES], position: usize) -> Result<Slot, SlotErr
     if stored != computed {
         return Err(SlotError::Checksum { stored, computed });
     }
-    // Before the padding, which another version may use.
     let version = u32::from_le_bytes(bytes[8..12].try_into().unwrap());
     if version != VERSION {
         return Err(SlotError::Version(version));
     }
-    if let Some(offset) = bytes[CHECKSUM_END..].iter().position(|&b| b != 0) {
-        return Err(SlotError::Padding {
-            offset: CHECKSUM_END + offset,
-        });
-    }
-    let sequence = u64::from_le_bytes(field(12..20));
-    let index = u64::from_le_bytes(field(20..28));
+    let sequence = sequence_of(bytes);
+    let index = u64::from_le_bytes(bytes[20..28].try_into().unwrap());
     let cursor = Cursor::at(index).ok_or(SlotError::Index(index))?;
     if offset_of(sequence) != (position * SLOT_BYTES) as u64 {
         return Err(SlotError::Position { sequence, position });
     }
+    if sequence == u64::MAX {
+        return Err(SlotError::LastSequence);
+    }
     Ok(Slot { sequence, cursor })
 }
 
+/// The sequence number a slot's header holds, valid or not.
+fn sequence_of(bytes: &[u8; SLOT_BYTES]) -> u64 {
+    u64::from_le_bytes(bytes[12..20].try_into().unwrap())
+}
+
+/// The offset of the first non-zero byte past the envelope, which version 1 keeps as zeros.
+fn padding_fault(bytes: &[u8; SLOT_BYTES]) -> Option<usize> {
+    bytes[CHECKSUM_END..]
+        .iter()
+        .position(|&b| b != 0)
+        .map(|offset| CHECKSUM_END + offset)
+}
+
 /// Picks the newest valid slot of a whole file. A slot of another format version refuses the
-/// file, whatever the other slot holds.
+/// file, whatever the other slot holds; so does a slot that was written whole yet is invalid,
+/// if it is newer than the valid one (see the module's documentation).
 pub fn recover(file: &[u8]) -> Result<Recovered, RecoverError> {
     if file.len() != FILE_BYTES {
         return Err(RecoverError::Length(file.len()));
@@ -184,25 +258,46 @@ pub fn recover(file: &[u8]) -> Result<Recovered, RecoverError> {
             .try_into()
             .unwrap()
     };
-    let decoded = [decode(slot_bytes(0), 0), decode(slot_bytes(1), 1)];
-    for (position, slot) in decoded.iter().enumerate() {
-        if let Err(SlotError::Version(version)) = *slot {
+    let records = [
+        decode_record(slot_bytes(0), 0),
+        decode_record(slot_bytes(1), 1),
+    ];
+    for (position, record) in records.iter().enumerate() {
+        if let Err(SlotError::Version(version)) = *record {
             return Err(RecoverError::OtherVersion { position, version });
         }
     }
-    let [first, second] = decoded;
-    match (first, second) {
-        (Ok(a), Ok(b)) => Ok(Recovered {
-            // Positions force different parities, so the sequences can never be equal.
-            slot: if a.sequence > b.sequence { a } else { b },
-            other_slot_error: None,
-        }),
-        (Ok(slot), Err(e)) | (Err(e), Ok(slot)) => Ok(Recovered {
-            slot,
-            other_slot_error: Some(e),
-        }),
-        (Err(a), Err(b)) => Err(RecoverError::NoValidSlot([a, b])),
+    let newest = (0..2)
+        .filter_map(|p| records[p].as_ref().ok().map(|slot| (p, *slot)))
+        .max_by_key(|(_, slot)| slot.sequence);
+    let Some((position, slot)) = newest else {
+        let [a, b] = records.map(|r| r.expect_err("no slot is valid"));
+        return Err(RecoverError::NoValidSlot([a, b]));
+    };
+    let other = 1 - position;
+    let other_slot_error = records[other].as_ref().err().cloned();
+    if let Some(error) = &other_slot_error {
+        let sequence = sequence_of(slot_bytes(other));
+        if error.written_whole() && sequence > slot.sequence {
+            return Err(RecoverError::Damaged {
+                position: other,
+                sequence,
+                error: error.clone(),
+            });
+        }
     }
+    let padding_faults = [0, 1].map(|p| {
+        records[p]
+            .as_ref()
+            .ok()
+            .and_then(|_| padding_fault(slot_bytes(p)))
+    });
+    // Positions force different parities, so the sequences of two valid slots are never equal.
+    Ok(Recovered {
+        slot,
+        other_slot_error,
+        padding_faults,
+    })
 }
 
 /// The contents of a new state file: both slots valid, cursor at F(0), sequences 0 and 1.
@@ -271,7 +366,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for (sequence, index) in [(0, 0), (1, 186), (2, 93), (u64::MAX, 7)] {
+        for (sequence, index) in [(0, 0), (1, 186), (2, 93), (u64::MAX - 1, 7)] {
             let s = slot(sequence, index);
             let position = (sequence % 2) as usize;
             assert_eq!(decode(&encode(s), position), Ok(s));
@@ -353,6 +448,93 @@ mod tests {
         let mut bytes = encode(slot(6, 42));
         bytes[100] = 1;
         assert_eq!(decode(&bytes, 0), Err(SlotError::Padding { offset: 100 }));
+    }
+
+    /// A slot with this header, its checksum made to hold: what a tear can never produce.
+    fn written_whole(sequence: u64, index: u64) -> [u8; SLOT_BYTES] {
+        let mut bytes = encode(slot(0, 0));
+        bytes[12..20].copy_from_slice(&sequence.to_le_bytes());
+        bytes[20..28].copy_from_slice(&index.to_le_bytes());
+        let checksum = crc32c(&bytes[..HEADER_BYTES]);
+        bytes[HEADER_BYTES..CHECKSUM_END].copy_from_slice(&checksum.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_slot_written_whole_with_what_fibd_never_writes_is_refused_only_when_newer() {
+        // (slot 0, slot 1, the damaged one's position, sequence and fault)
+        for (first, second, position, sequence, error) in [
+            (
+                encode(slot(10, 40)),
+                written_whole(11, 200),
+                1,
+                11,
+                SlotError::Index(200),
+            ),
+            (
+                written_whole(13, 41),
+                encode(slot(9, 40)),
+                0,
+                13,
+                SlotError::Position {
+                    sequence: 13,
+                    position: 0,
+                },
+            ),
+            (
+                encode(slot(10, 40)),
+                written_whole(u64::MAX, 41),
+                1,
+                u64::MAX,
+                SlotError::LastSequence,
+            ),
+        ] {
+            let mut file = first.to_vec();
+            file.extend_from_slice(&second);
+            let refused = recover(&file).unwrap_err();
+            assert_eq!(
+                refused,
+                RecoverError::Damaged {
+                    position,
+                    sequence,
+                    error
+                }
+            );
+            let text = refused.to_string();
+            assert!(text.contains("not torn by a crash"), "{text}");
+        }
+        // Older than the valid slot: reported, and the valid slot served.
+        let mut file = written_whole(8, 200).to_vec();
+        file.extend_from_slice(&encode(slot(9, 40)));
+        let recovered = recover(&file).unwrap();
+        assert_eq!(recovered.slot, slot(9, 40));
+        assert_eq!(recovered.other_slot_error, Some(SlotError::Index(200)));
+    }
+
+    #[test]
+    fn a_slot_whose_padding_is_damaged_is_read_and_the_damage_reported() {
+        for position in 0..2 {
+            let mut file = file_with(slot(10, 40), slot(11, 41));
+            file[position * SLOT_BYTES + 2000] = 0x10;
+            let recovered = recover(&file).unwrap();
+            // The newer record is intact, whichever slot's padding is damaged.
+            assert_eq!(recovered.slot, slot(11, 41));
+            assert_eq!(recovered.other_slot_error, None);
+            let mut faults = [None; 2];
+            faults[position] = Some(2000);
+            assert_eq!(recovered.padding_faults, faults);
+        }
+        // The only valid record is read even so.
+        let mut file = file_with(slot(10, 40), slot(11, 41));
+        file[SLOT_BYTES + 20] ^= 1;
+        file[100] = 0xff;
+        let recovered = recover(&file).unwrap();
+        assert_eq!(recovered.slot, slot(10, 40));
+        assert_eq!(recovered.padding_faults, [Some(100), None]);
+        assert!(matches!(
+            recovered.other_slot_error,
+            Some(SlotError::Checksum { .. })
+        ));
     }
 
     #[test]

@@ -40,8 +40,9 @@ pub trait SlotFile {
     /// the size of a state file, so that an over-long file is noticed.
     fn read_cached(&self) -> io::Result<Vec<u8>>;
     /// The file's `slot::FILE_BYTES` as the disk holds them, read past the page cache, or
-    /// `None` where they cannot be read that way (the platform, the file system at `path`,
-    /// or the read itself failed). An error only if `path` no longer names this file.
+    /// `None` where they cannot be read that way (the platform or the file system at `path`
+    /// offers no such read). An error if the read failed otherwise, or if `path` no longer
+    /// names this file.
     fn read_from_disk(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
 }
 
@@ -78,14 +79,23 @@ impl SlotFile for File {
         let Some(aligned) = buffer.get_mut(start..start + slot::FILE_BYTES) else {
             return Ok(None);
         };
-        // Any failure of the read itself (EINVAL where the file system takes the flag but not
-        // the read, or the device's blocks are larger than the alignment; EIO from a bad
-        // sector) sends start-up the other way: its commit then tells whether the disk works.
-        Ok(direct
-            .read_exact_at(aligned, 0)
-            .ok()
-            .map(|()| aligned.to_vec()))
+        match direct.read_exact_at(aligned, 0) {
+            Ok(()) => Ok(Some(aligned.to_vec())),
+            // The file system takes the flag but not the read, or the device's blocks are
+            // larger than the alignment: start-up takes the other way.
+            Err(err) if direct_read_unsupported(&err) => Ok(None),
+            // Anything else (EIO from a bad sector, most of all) is the disk failing the very
+            // read that exists because a write may have failed before: falling back to the
+            // cache would serve, and commit over, a slot that may never have been written.
+            Err(err) => Err(err),
+        }
     }
+}
+
+/// Whether a direct read failed because the file system or the device does not do it the way
+/// it was asked (EINVAL, EOPNOTSUPP), rather than because the disk failed.
+fn direct_read_unsupported(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(22 | 95))
 }
 
 /// `path` opened for reads past the page cache, or `None` where the platform or the file

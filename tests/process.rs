@@ -111,6 +111,58 @@ fn a_slot_written_by_another_format_version_refuses_the_file_untouched() {
     assert_eq!(std::fs::read(&state).unwrap(), bytes, "file untouched");
 }
 
+#[test]
+fn a_newer_slot_written_whole_but_holding_what_fibd_never_writes_refuses_the_file_untouched() {
+    // A crash can tear a slot, but never leave one whose checksum holds over an index past
+    // the table. Serving the older slot would write over the newer one and could lose the
+    // steps acknowledged since.
+    let dir = TempDir::new("damaged");
+    let state = dir.join("fibd.state");
+    write_state(&state, 42);
+    let mut bytes = std::fs::read(&state).unwrap();
+    let slot = &mut bytes[fibd::slot::SLOT_BYTES..];
+    slot[20..28].copy_from_slice(&200u64.to_le_bytes());
+    let checksum = crc32c(&slot[..28]);
+    slot[28..32].copy_from_slice(&checksum.to_le_bytes());
+    std::fs::write(&state, &bytes).unwrap();
+
+    let (status, log) = Server::try_start(&state, &[]).err().expect("refused");
+    assert_eq!(status.and_then(|s| s.code()), Some(1));
+    let log = log.join("\n");
+    assert!(
+        log.contains("slot 1: cursor index 200 is past F(186), though its checksum holds"),
+        "{log}"
+    );
+    assert!(log.contains("not torn by a crash"), "{log}");
+    assert_eq!(std::fs::read(&state).unwrap(), bytes, "file untouched");
+}
+
+#[test]
+fn a_slot_whose_padding_is_damaged_is_still_read_and_the_damage_logged() {
+    // The record is covered by its checksum; the zeros after it are not, and a flipped bit
+    // there must not send fibd back to the older slot, losing the newer one's step.
+    let dir = TempDir::new("padding");
+    let state = dir.join("fibd.state");
+    write_state(&state, 42);
+    let mut bytes = std::fs::read(&state).unwrap();
+    // Slot 1 holds the newer sequence; set the newer index, then damage its padding.
+    let slot = &mut bytes[fibd::slot::SLOT_BYTES..];
+    slot[20..28].copy_from_slice(&43u64.to_le_bytes());
+    let checksum = crc32c(&slot[..28]);
+    slot[28..32].copy_from_slice(&checksum.to_le_bytes());
+    slot[2000] ^= 0x08;
+    std::fs::write(&state, &bytes).unwrap();
+
+    let server = Server::start(&state, &[]);
+    assert_eq!(server.value("/current"), fibd::fib::decimal(43).unwrap());
+    let log = server.log_text();
+    assert!(
+        log.contains("event=state_slot_padding_damaged") && log.contains(" slot=1 offset=2000 "),
+        "{log}"
+    );
+    assert!(!log.contains("state_slot_invalid"), "{log}");
+}
+
 /// CRC-32C, bit by bit: the test's own, so that it does not trust the code it checks.
 fn crc32c(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;

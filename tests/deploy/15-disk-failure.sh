@@ -7,7 +7,8 @@
 # answering, make a stop exit 1, and, once the disk answers, leave fibd ready again; a
 # failed fsync of the state file's directory at start-up; during a stall, a client that
 # does not read its refusals, which must not hold up reads; a failed fsync of a new state
-# file before it is linked into place; and a file system that has no hard links. The unit
+# file before it is linked into place; a file system that has no hard links; and a direct
+# read of the slots at start-up that fails (EIO: refused) or is not supported (EINVAL). The unit
 # tests inject the same faults below the file API; this is the whole process, signals and
 # exit codes included.
 # shellcheck source=tests/deploy/lib.sh
@@ -287,3 +288,33 @@ check_eq "a refused hard link of a new state file exits 1" "$rc" "1" || true
 check "it is logged as the state file's creation failing" \
     grep -q "event=state_file_unusable error=\"cannot create state file $nolinks/fibd.state: Operation not permitted" "$WORK/stderr-nolinks" || true
 check_eq "and nothing is left in the directory" "$(ls -A "$nolinks")" "" || true
+
+# 10. Start-up reads the slots past the page cache (O_DIRECT), since the cache may hold a slot
+# whose fdatasync failed. When the disk fails that very read (EIO), fibd must not fall back to
+# the cache's copy and commit over the disk's: it exits 1 and touches nothing. A file system
+# that takes the flag but not the read (EINVAL) is not a failing disk: fibd starts from the
+# cache's copy, as where the flag is refused outright.
+before=$(od -An -tx1 "$state" | md5sum)
+rc=0
+timeout 10 strace -f -qq -y -o "$WORK/trace-direct" -e trace=pread64 -e inject=pread64:error=EIO \
+    "$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$state" 2>"$WORK/stderr-direct" || rc=$?
+if ! grep -q "pread64([0-9]*<$state>" "$WORK/trace-direct"; then
+    skip "a failed direct read at start-up" "$WORK's file system refuses O_DIRECT, so there is no such read"
+else
+    check_eq "a failed direct read at start-up exits 1" "$rc" "1" || true
+    check "it says which operation on which file failed" \
+        grep -q "event=state_file_unusable error=\"cannot read state file $state: .*(os error 5)" "$WORK/stderr-direct" || true
+    check "no event=start: nothing was served" sh -c "! grep -q 'event=start' '$WORK/stderr-direct'" || true
+    check_eq "the file is as it was" "$(od -An -tx1 "$state" | md5sum)" "$before" || true
+
+    strace -f -qq -o /dev/null -e trace=pread64 -e inject=pread64:error=EINVAL \
+        "$FIBD_BIN" --listen 127.0.0.1:0 --state-file "$state" 2>"$WORK/stderr-einval" &
+    pid=$!
+    # Here $pid is strace's, which exits with fibd's status; fibd is its child.
+    on_exit "is_child $pid && pkill -9 -P $pid; kill_wait $pid"
+    check "a direct read refused with EINVAL: fibd starts from the cache's copy" \
+        wait_for 10 grep -q 'event=start' "$WORK/stderr-einval" || true
+    pkill -TERM -P "$pid" 2>/dev/null || true
+    wait_exit
+    check_eq "and stops cleanly" "$rc" "0" || true
+fi
