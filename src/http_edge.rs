@@ -1480,8 +1480,9 @@ mod tests {
         let (work, work_rx) = bounded(4);
         let (steps, steps_rx) = bounded(4);
         *edge.queues.lock().expect("queues lock") = Some(Queues { work, steps });
-        edge.metrics
-            .commit_began_ago(stalled - Duration::from_millis(100));
+        // Just begun, so that a test thread held up on a busy machine cannot make it a stall;
+        // `readiness_turns_false_for_a_failed_or_stalled_disk_...` has the edge.
+        edge.metrics.commit_began_ago(Duration::ZERO);
         dispatch(&edge, get("/next", 40_101));
         assert!(
             steps_rx.try_recv().is_ok(),

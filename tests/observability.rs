@@ -38,12 +38,14 @@ fn metrics_move_as_requests_are_made() {
     let after = loop {
         let after = server.get("/metrics").body;
         let counted = [
-            "fibd_requests_total{route=\"/previous\",code=\"200\"}",
-            "fibd_requests_total{route=\"/fib/{n}\",code=\"400\"}",
-            "fibd_requests_total{route=\"other\",code=\"404\"}",
+            ("fibd_requests_total{route=\"/next\",code=\"200\"}", 3.0),
+            ("fibd_requests_total{route=\"/previous\",code=\"200\"}", 1.0),
+            ("fibd_requests_total{route=\"/fib/{n}\",code=\"400\"}", 1.0),
+            ("fibd_requests_total{route=\"other\",code=\"404\"}", 1.0),
+            ("fibd_request_duration_seconds_count{kind=\"step\"}", 4.0),
         ]
         .iter()
-        .all(|name| sample(&after, name) == Some(1.0));
+        .all(|&(name, count)| sample(&after, name) == Some(count));
         if counted || Instant::now() > deadline {
             break after;
         }
@@ -253,8 +255,10 @@ fn access_log_is_off_by_default_and_one_line_per_request_when_on() {
     let loud = Server::start(&dir.join("b.state"), &["--access-log"]);
     loud.get("/current");
     loud.post("/next");
-    common::wait_until("the access log has no /next", || {
-        loud.log_text().contains("target=/next")
+    // Each line is written after its reply, by the thread that wrote it: wait for both.
+    common::wait_until("the access log lacks /current or /next", || {
+        let log = loud.log_text();
+        log.contains("target=/current") && log.contains("target=/next")
     });
     let log = loud.log_text();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("event=access")).collect();

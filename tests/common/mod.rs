@@ -24,10 +24,25 @@ pub struct TempDir(pub PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> TempDir {
+        TempDir::under(&std::env::temp_dir(), name)
+    }
+
+    /// A directory in memory (`/dev/shm`, where there is one), whose fdatasync costs nothing:
+    /// for tests whose pace thousands of commits would otherwise set, on whatever disk the
+    /// machine has.
+    pub fn in_memory(name: &str) -> TempDir {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            TempDir::under(shm, name)
+        } else {
+            TempDir::new(name)
+        }
+    }
+
+    fn under(base: &Path, name: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("fibd-test-{}-{name}-{n}", std::process::id()));
+        let path = base.join(format!("fibd-test-{}-{name}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
