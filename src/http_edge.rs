@@ -280,6 +280,9 @@ struct Meta {
     /// request the client meant: the reply closes the connection, and whatever follows on it
     /// is dropped or refused, never served.
     framing_lost: bool,
+    /// The watchdog's own probe, once a second: answered like any request, but left out of
+    /// the request metrics and the access log, which are about clients.
+    own_probe: bool,
 }
 
 impl Edge {
@@ -587,7 +590,11 @@ impl Edge {
         meta: Meta,
     ) -> (Result<(), Abandoned>, Instant) {
         let status = reply.status;
-        let access = self.access_fields(&request);
+        let access = if meta.own_probe {
+            None
+        } else {
+            self.access_fields(&request)
+        };
         let mut writing = request
             .remote_addr()
             .map(|&peer| self.hang_ups.writes.begin(peer));
@@ -610,7 +617,9 @@ impl Edge {
         drop(writing);
         let answered_at = Instant::now();
         let elapsed = answered_at.duration_since(meta.arrived);
-        self.metrics.request(meta.route, status, meta.step, elapsed);
+        if !meta.own_probe {
+            self.metrics.request(meta.route, status, meta.step, elapsed);
+        }
         if let Some((method, target, remote)) = access {
             log::info(
                 "access",
@@ -665,7 +674,7 @@ impl Edge {
 
     /// The access log's fields for `request`, when the access log is on.
     fn access_fields(&self, request: &Request) -> Option<(String, String, String)> {
-        (self.access_log && request.url() != watchdog::PROBE_TARGET).then(|| {
+        self.access_log.then(|| {
             let method = cut_for_log(request.method().as_str(), limits::LOGGED_METHOD_CHARS_MAX);
             let target = cut_for_log(request.url(), limits::LOGGED_TARGET_CHARS_MAX);
             let remote = request
@@ -1334,6 +1343,9 @@ fn dispatch(edge: &Edge, request: Request) {
         persists,
         body_unread,
         framing_lost,
+        // The target first: it is the cheaper test, and fails for nearly every request.
+        own_probe: request.url() == watchdog::PROBE_TARGET
+            && addr.is_some_and(|addr| edge.queue_lag.is_own(addr)),
     };
     let routed = match route {
         Ok(Route::Step(step)) => {
@@ -1556,6 +1568,44 @@ mod tests {
     }
 
     #[test]
+    fn the_watchdog_s_own_probe_is_answered_but_left_out_of_the_request_metrics() {
+        let published = Arc::new(Published::new(Cursor::at(5).expect("in range")));
+        let edge = Edge::new(
+            published,
+            Arc::new(Metrics::new()),
+            false,
+            Duration::from_secs(15),
+            Box::new(|why: String| panic!("fatal: {why}")),
+        );
+        let (jobs, jobs_rx) = bounded(4);
+        let (steps, _steps_rx) = bounded(4);
+        *edge.queues.lock().expect("queues lock") = Some(Queues { work: jobs, steps });
+        edge.queue_lag
+            .set_own_ip(std::net::IpAddr::from([127, 0, 0, 1]));
+        edge.queue_lag.watchdog.set(40_201);
+        // The probe on the watchdog's connection, then the same target from a client.
+        dispatch(&edge, get(watchdog::PROBE_TARGET, 40_201));
+        dispatch(&edge, get(watchdog::PROBE_TARGET, 40_202));
+        *edge.queues.lock().expect("queues lock") = None;
+        work(&edge, jobs_rx);
+        let text = edge.metrics.render(
+            edge.durable_index(),
+            true,
+            ("test", "test"),
+            2,
+            edge.depths(),
+        );
+        assert!(
+            text.contains("fibd_requests_total{route=\"/healthz\",code=\"200\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fibd_request_duration_seconds_count{kind=\"read\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_request_that_finds_its_queue_full_is_answered_503_and_counted_as_shed() {
         let (edge, work_rx, steps_rx) = edge_with_full_queues();
         dispatch(&edge, get("/current", 40_000));
@@ -1687,6 +1737,7 @@ mod tests {
             persists: true,
             body_unread: false,
             framing_lost: false,
+            own_probe: false,
         };
         Routed::Work(Job::Answer(get(path, port), route, Format::Text, meta))
     }

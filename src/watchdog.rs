@@ -22,8 +22,9 @@ pub fn probe_address(bound: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, bound.port())
 }
 
-/// The watchdog's request target: `/healthz`, marked so the access log can leave out a line
-/// that would otherwise appear every second.
+/// The watchdog's request target: `/healthz`, marked so that the request metrics and the
+/// access log, which are about clients, can leave out what would otherwise appear every
+/// second (with the probe's source port, so that no client's request is left out).
 pub const PROBE_TARGET: &str = "/healthz?from=watchdog";
 
 /// Sends `GET /healthz` and waits for an HTTP answer. Any status counts: an overloaded
