@@ -79,12 +79,35 @@ pub fn get_status_noting(
     timeout: Duration,
     note: impl FnOnce(u16),
 ) -> io::Result<u16> {
+    exchange(addr, path, timeout, note).map_err(|err| {
+        // A socket timeout reads "Resource temporarily unavailable" (EAGAIN), which names no
+        // cause; the deadline running out is said as such, whatever part of the probe it cut.
+        if matches!(
+            err.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {} ms", timeout.as_millis()),
+            )
+        } else {
+            err
+        }
+    })
+}
+
+fn exchange(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+    note: impl FnOnce(u16),
+) -> io::Result<u16> {
     let deadline = Instant::now() + timeout;
     let remaining = || {
         deadline
             .checked_duration_since(Instant::now())
             .filter(|left| !left.is_zero())
-            .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "no answer within the timeout"))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::TimedOut))
     };
     let mut stream = TcpStream::connect_timeout(&addr, remaining()?)?;
     note(stream.local_addr()?.port());

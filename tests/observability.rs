@@ -188,6 +188,8 @@ fn probe_exits_zero_only_for_a_timely_2xx() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(started.elapsed() < Duration::from_secs(3));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no answer within 300 ms"), "{said}");
     // A bare path probes the address FIBD_LISTEN names, as the container's health check does.
     let port = server.addr.port();
     let out = Command::new(BIN)
