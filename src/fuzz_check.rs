@@ -107,10 +107,25 @@ pub fn recover_state(data: &[u8]) {
     let intact = slots[1 - damaged];
     let recovered = match slot::recover(&file) {
         Ok(recovered) => recovered,
-        Err(
-            slot::RecoverError::OtherVersion { position, .. }
-            | slot::RecoverError::Damaged { position, .. },
-        ) if position == damaged => return,
+        Err(slot::RecoverError::OtherVersion { position, .. }) if position == damaged => return,
+        Err(slot::RecoverError::Damaged {
+            position,
+            sequence,
+            error,
+        }) if position == damaged => {
+            // Only a slot written whole, and newer than the intact one, refuses the file: a
+            // torn one (its checksum failing) never may.
+            let bytes = file[start..start + slot::SLOT_BYTES]
+                .try_into()
+                .expect("one slot");
+            let decoded = slot::decode(bytes, damaged);
+            assert!(
+                error.written_whole() && decoded.as_ref().err() == Some(&error),
+                "refused for {error} where the slot decodes as {decoded:?}"
+            );
+            assert!(sequence > intact.sequence, "refused for an older slot");
+            return;
+        }
         Err(err) => panic!("one slot is intact, yet: {err}"),
     };
     assert!(
@@ -164,5 +179,14 @@ mod tests {
             cursor: super::Cursor::at(7).unwrap(),
         });
         super::recover_state(&[[1].as_slice(), &newer].concat());
+        // Slots written whole with what fibd never writes, newer than the intact one: the last
+        // sequence number over slot 1, and an odd sequence over slot 0. Both refuse the file.
+        for (which, sequence) in [(1u8, u64::MAX), (0, 13)] {
+            let whole = crate::slot::encode(crate::slot::Slot {
+                sequence,
+                cursor: super::Cursor::at(7).unwrap(),
+            });
+            super::recover_state(&[[which].as_slice(), &whole].concat());
+        }
     }
 }

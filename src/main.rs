@@ -159,13 +159,28 @@ fn serve(config: Config) -> ExitCode {
         }
     };
     if let Some(err) = &recovered.other_slot_error {
-        // Expected after a crash in the middle of a write; worth a line, not a refusal.
+        // A torn slot is expected after a crash in the middle of a write: worth a line, not a
+        // refusal. An older slot written whole with what fibd never writes is no crash's doing,
+        // and is named apart, though the start-up commit has rewritten it all the same.
+        let (event, note) = if err.written_whole() {
+            (
+                "state_slot_damaged",
+                "the older slot's checksum holds over what fibd never writes, which no crash \
+                 leaves: check the disk and what else writes the file; it has been rewritten",
+            )
+        } else {
+            (
+                "state_slot_invalid",
+                "as a crash in the middle of a write leaves it; it has been rewritten",
+            )
+        };
         log::warn(
-            "state_slot_invalid",
+            event,
             &[
                 ("state_file", &config.state_file.display()),
                 ("error", err),
                 ("recovered_sequence", &recovered.slot.sequence),
+                ("note", &note),
             ],
         );
     }

@@ -78,7 +78,7 @@ pub enum SlotError {
 impl SlotError {
     /// Whether the slot's envelope (magic, version, checksum) is intact, so that it was
     /// written whole and no crash made it so.
-    fn written_whole(&self) -> bool {
+    pub fn written_whole(&self) -> bool {
         matches!(
             self,
             SlotError::Padding { .. }

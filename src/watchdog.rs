@@ -24,7 +24,7 @@ pub fn probe_address(bound: SocketAddr) -> SocketAddr {
 
 /// The watchdog's request target: `/healthz`, marked so that the request metrics and the
 /// access log, which are about clients, can leave out what would otherwise appear every
-/// second (with the probe's source port, so that no client's request is left out).
+/// second.
 pub const PROBE_TARGET: &str = "/healthz?from=watchdog";
 
 /// Sends `GET /healthz` and waits for an HTTP answer. Any status counts: an overloaded

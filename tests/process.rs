@@ -138,6 +138,28 @@ fn a_newer_slot_written_whole_but_holding_what_fibd_never_writes_refuses_the_fil
 }
 
 #[test]
+fn an_older_slot_written_whole_with_what_fibd_never_writes_is_rewritten_and_named_apart() {
+    let dir = TempDir::new("olddamaged");
+    let state = dir.join("fibd.state");
+    write_state(&state, 42);
+    let mut bytes = std::fs::read(&state).unwrap();
+    // Slot 0 holds the older sequence (10).
+    bytes[20..28].copy_from_slice(&200u64.to_le_bytes());
+    let checksum = crc32c(&bytes[..28]);
+    bytes[28..32].copy_from_slice(&checksum.to_le_bytes());
+    std::fs::write(&state, &bytes).unwrap();
+
+    let server = Server::start(&state, &[]);
+    assert_eq!(server.value("/current"), fibd::fib::decimal(42).unwrap());
+    let log = server.log_text();
+    assert!(
+        log.contains("event=state_slot_damaged") && log.contains("cursor index 200"),
+        "{log}"
+    );
+    assert!(!log.contains("state_slot_invalid"), "{log}");
+}
+
+#[test]
 fn a_slot_whose_padding_is_damaged_is_still_read_and_the_damage_logged() {
     // The record is covered by its checksum; the zeros after it are not, and a flipped bit
     // there must not send fibd back to the older slot, losing the newer one's step.
