@@ -60,9 +60,9 @@ Options (each also read from the environment variable shown; flags win):
   -V, --version       print the version and exit
 
 `fibd probe URL` sends GET URL (http://IP:PORT/PATH) and exits 0 if the answer is 2xx within
-the timeout (default 2000 ms), 1 otherwise, 2 when the URL or FIBD_LISTEN cannot be parsed: a
-health check for images without curl. A bare /PATH probes the address in FIBD_LISTEN
-(wildcards mean loopback; default 127.0.0.1:8080).
+the timeout (--timeout-ms, 1..=600000, default 2000), 1 otherwise, 2 when the URL or
+FIBD_LISTEN cannot be parsed: a health check for images without curl. A bare /PATH probes
+the address in FIBD_LISTEN (wildcards mean loopback; default 127.0.0.1:8080).
 
 Exit codes: 0 after SIGTERM/SIGINT/SIGHUP, 1 on a runtime failure (state file unusable or
 locked, storage error, address in use, unable to accept connections), 2 on bad
@@ -200,6 +200,8 @@ fn parse_probe(mut args: impl Iterator<Item = String>) -> Result<Command, String
                 Ok(ms) if (1..=600_000).contains(&ms) => ms,
                 _ => return Err(format!("--timeout-ms: {value:?} is not from 1 to 600000")),
             };
+        } else if arg == "-h" || arg == "--help" {
+            return Ok(Command::Help);
         } else if url.is_none() && !arg.starts_with('-') {
             url = Some(arg);
         } else {
@@ -324,6 +326,9 @@ mod tests {
             assert_eq!(parse_with(args, &[]), Ok(expected), "{args:?}");
         }
         assert!(parse_with(&["probe", "u", "--timeout-ms="], &[]).is_err());
+        // Help is help, wherever it is asked for.
+        assert_eq!(parse_with(&["probe", "--help"], &[]), Ok(Command::Help));
+        assert_eq!(parse_with(&["probe", "u", "-h"], &[]), Ok(Command::Help));
         assert!(config(&["--access-log"], &[]).access_log);
         assert!(config(&[], &[("FIBD_ACCESS_LOG", "1")]).access_log);
         assert!(!config(&[], &[]).access_log);
