@@ -1428,22 +1428,31 @@ mod tests {
     use crate::cursor::Cursor;
     use tiny_http::{Header, TestRequest};
 
-    /// An edge whose queues have no room (zero capacity, receivers held but never read), so
-    /// every request the acceptor routes finds its queue full.
-    fn edge_with_full_queues() -> (Arc<Edge>, Receiver<Job>, Receiver<StepRequest<Ticket>>) {
+    /// An edge at cursor index 5 with `metrics`, whose work and step queues hold `capacity`
+    /// each; the test holds their receivers.
+    fn edge_with_queues(
+        metrics: Metrics,
+        capacity: usize,
+    ) -> (Arc<Edge>, Receiver<Job>, Receiver<StepRequest<Ticket>>) {
         let published = Arc::new(Published::new(Cursor::at(5).expect("in range")));
         let on_fatal = Box::new(|why: String| panic!("fatal: {why}"));
         let edge = Edge::new(
             published,
-            Arc::new(Metrics::new()),
+            Arc::new(metrics),
             false,
             Duration::from_secs(15),
             on_fatal,
         );
-        let (work, work_rx) = bounded(0);
-        let (steps, steps_rx) = bounded(0);
+        let (work, work_rx) = bounded(capacity);
+        let (steps, steps_rx) = bounded(capacity);
         *edge.queues.lock().expect("queues lock") = Some(Queues { work, steps });
         (edge, work_rx, steps_rx)
+    }
+
+    /// An edge whose queues have no room (zero capacity, receivers held but never read), so
+    /// every request the acceptor routes finds its queue full.
+    fn edge_with_full_queues() -> (Arc<Edge>, Receiver<Job>, Receiver<StepRequest<Ticket>>) {
+        edge_with_queues(Metrics::new(), 0)
     }
 
     fn get(path: &str, port: u16) -> Request {
@@ -1478,21 +1487,11 @@ mod tests {
 
     #[test]
     fn a_step_sent_while_a_commit_has_run_a_second_is_refused_and_never_queued() {
-        let published = Arc::new(Published::new(Cursor::at(5).expect("in range")));
         let stalled = Duration::from_millis(limits::COMMIT_STALLED_MS);
         let epoch = Instant::now()
             .checked_sub(2 * stalled)
             .expect("the clock is past it");
-        let edge = Edge::new(
-            published,
-            Arc::new(Metrics::with_epoch(epoch)),
-            false,
-            Duration::from_secs(15),
-            Box::new(|why: String| panic!("fatal: {why}")),
-        );
-        let (work, work_rx) = bounded(4);
-        let (steps, steps_rx) = bounded(4);
-        *edge.queues.lock().expect("queues lock") = Some(Queues { work, steps });
+        let (edge, work_rx, steps_rx) = edge_with_queues(Metrics::with_epoch(epoch), 4);
         // Just begun, so that a test thread held up on a busy machine cannot make it a stall;
         // `readiness_turns_false_for_a_failed_or_stalled_disk_...` has the edge.
         edge.metrics.commit_began_ago(Duration::ZERO);
@@ -1524,16 +1523,7 @@ mod tests {
 
     #[test]
     fn depths_count_what_waits_in_the_queues_and_the_table() {
-        let edge = Edge::new(
-            Arc::new(Published::new(Cursor::at(5).expect("in range"))),
-            Arc::new(Metrics::new()),
-            false,
-            Duration::from_secs(15),
-            Box::new(|why: String| panic!("fatal: {why}")),
-        );
-        let (work, _work_rx) = bounded(8);
-        let (steps, _steps_rx) = bounded(8);
-        *edge.queues.lock().expect("queues lock") = Some(Queues { work, steps });
+        let (edge, _work_rx, _steps_rx) = edge_with_queues(Metrics::new(), 8);
         let (replies, replies_rx) = bounded::<(Ticket, Outcome)>(8);
         let _ = edge.replies_depth.set(replies_rx);
         dispatch(&edge, get("/current", 40_201));
@@ -1570,17 +1560,7 @@ mod tests {
 
     #[test]
     fn the_watchdog_s_own_probe_is_answered_but_left_out_of_the_request_metrics() {
-        let published = Arc::new(Published::new(Cursor::at(5).expect("in range")));
-        let edge = Edge::new(
-            published,
-            Arc::new(Metrics::new()),
-            false,
-            Duration::from_secs(15),
-            Box::new(|why: String| panic!("fatal: {why}")),
-        );
-        let (jobs, jobs_rx) = bounded(4);
-        let (steps, _steps_rx) = bounded(4);
-        *edge.queues.lock().expect("queues lock") = Some(Queues { work: jobs, steps });
+        let (edge, jobs_rx, _steps_rx) = edge_with_queues(Metrics::new(), 4);
         // The probe, then the plain target from a client.
         dispatch(&edge, get(watchdog::PROBE_TARGET, 40_201));
         dispatch(&edge, get("/healthz", 40_202));

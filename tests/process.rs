@@ -89,13 +89,8 @@ fn a_slot_written_by_another_format_version_refuses_the_file_untouched() {
     let dir = TempDir::new("version");
     let state = dir.join("fibd.state");
     write_state(&state, 42);
-    let mut bytes = std::fs::read(&state).unwrap();
     // Slot 1 as a newer fibd would leave it: version 2, its envelope's checksum intact.
-    let slot = &mut bytes[fibd::slot::SLOT_BYTES..];
-    slot[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let checksum = crc32c(&slot[..28]);
-    slot[28..32].copy_from_slice(&checksum.to_le_bytes());
-    std::fs::write(&state, &bytes).unwrap();
+    let bytes = reseal(&state, 1, 8, &2u32.to_le_bytes());
 
     let (status, log) = Server::try_start(&state, &[]).err().expect("refused");
     assert_eq!(status.and_then(|s| s.code()), Some(1));
@@ -119,12 +114,7 @@ fn a_newer_slot_written_whole_but_holding_what_fibd_never_writes_refuses_the_fil
     let dir = TempDir::new("damaged");
     let state = dir.join("fibd.state");
     write_state(&state, 42);
-    let mut bytes = std::fs::read(&state).unwrap();
-    let slot = &mut bytes[fibd::slot::SLOT_BYTES..];
-    slot[20..28].copy_from_slice(&200u64.to_le_bytes());
-    let checksum = crc32c(&slot[..28]);
-    slot[28..32].copy_from_slice(&checksum.to_le_bytes());
-    std::fs::write(&state, &bytes).unwrap();
+    let bytes = reseal(&state, 1, 20, &200u64.to_le_bytes());
 
     let (status, log) = Server::try_start(&state, &[]).err().expect("refused");
     assert_eq!(status.and_then(|s| s.code()), Some(1));
@@ -142,12 +132,8 @@ fn an_older_slot_written_whole_with_what_fibd_never_writes_is_rewritten_and_name
     let dir = TempDir::new("olddamaged");
     let state = dir.join("fibd.state");
     write_state(&state, 42);
-    let mut bytes = std::fs::read(&state).unwrap();
     // Slot 0 holds the older sequence (10).
-    bytes[20..28].copy_from_slice(&200u64.to_le_bytes());
-    let checksum = crc32c(&bytes[..28]);
-    bytes[28..32].copy_from_slice(&checksum.to_le_bytes());
-    std::fs::write(&state, &bytes).unwrap();
+    reseal(&state, 0, 20, &200u64.to_le_bytes());
 
     let server = Server::start(&state, &[]);
     assert_eq!(server.value("/current"), fibd::fib::decimal(42).unwrap());
@@ -166,13 +152,9 @@ fn a_slot_whose_padding_is_damaged_is_still_read_and_the_damage_logged() {
     let dir = TempDir::new("padding");
     let state = dir.join("fibd.state");
     write_state(&state, 42);
-    let mut bytes = std::fs::read(&state).unwrap();
-    // Slot 1 holds the newer sequence; set the newer index, then damage its padding.
-    let slot = &mut bytes[fibd::slot::SLOT_BYTES..];
-    slot[20..28].copy_from_slice(&43u64.to_le_bytes());
-    let checksum = crc32c(&slot[..28]);
-    slot[28..32].copy_from_slice(&checksum.to_le_bytes());
-    slot[2000] ^= 0x08;
+    // Slot 1 holds the newer sequence; give it the newer index, then damage its padding.
+    let mut bytes = reseal(&state, 1, 20, &43u64.to_le_bytes());
+    bytes[fibd::slot::SLOT_BYTES + 2000] ^= 0x08;
     std::fs::write(&state, &bytes).unwrap();
 
     let server = Server::start(&state, &[]);
@@ -183,6 +165,18 @@ fn a_slot_whose_padding_is_damaged_is_still_read_and_the_damage_logged() {
         "{log}"
     );
     assert!(!log.contains("state_slot_invalid"), "{log}");
+}
+
+/// Writes `value` at `offset` of slot `position` of the state file and seals the slot's
+/// checksum again, as a writer that meant it would; returns the file's new bytes.
+fn reseal(state: &std::path::Path, position: usize, offset: usize, value: &[u8]) -> Vec<u8> {
+    let mut bytes = std::fs::read(state).unwrap();
+    let slot = &mut bytes[position * fibd::slot::SLOT_BYTES..][..fibd::slot::SLOT_BYTES];
+    slot[offset..offset + value.len()].copy_from_slice(value);
+    let checksum = crc32c(&slot[..28]);
+    slot[28..32].copy_from_slice(&checksum.to_le_bytes());
+    std::fs::write(state, &bytes).unwrap();
+    bytes
 }
 
 /// CRC-32C, bit by bit: the test's own, so that it does not trust the code it checks.
