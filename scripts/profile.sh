@@ -130,7 +130,8 @@ profile_fibd() {
     fi
     taskset -c "$LOAD_CPU" wrk -t2 -c100 -d"${SECONDS_OF_LOAD}s" "${script[@]}" \
         "http://127.0.0.1:$port$target" >"$work/wrk.txt"
-    # fibd counts every request it answered, the start-up probes and the parking included.
+    # fibd counts every request it answered but its watchdog's probes (about one a second,
+    # negligible here), the start-up probes and the parking included.
     answered="$(curl -s "http://127.0.0.1:$port/metrics" |
         awk '/^fibd_requests_total\{/ { n += $2 } END { printf "%d", n }')"
     kill -INT "$pid"

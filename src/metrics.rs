@@ -324,7 +324,7 @@ impl Metrics {
             &mut out,
             "fibd_requests_total",
             "counter",
-            "HTTP requests answered, by route and status code.",
+            "Clients' HTTP requests answered, by route and status code (fibd's own watchdog probe left out).",
         );
         for (r, (_, route)) in ROUTES.iter().enumerate() {
             for (c, &code) in CODES.iter().enumerate() {
@@ -346,7 +346,7 @@ impl Metrics {
             &mut out,
             "fibd_request_duration_seconds",
             "histogram",
-            "Time from a request's arrival at the acceptor to its reply written; steps include their commit.",
+            "Time from a client's request's arrival at the acceptor to its reply written; steps include their commit.",
         );
         self.read_latency
             .render(&mut out, "fibd_request_duration_seconds", "kind=\"read\"");

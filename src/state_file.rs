@@ -246,9 +246,10 @@ impl<F: SlotFile> StateFile<F> {
 
 impl<F: SlotFile> Storage for StateFile<F> {
     fn commit(&mut self, cursor: Cursor) -> Result<(), Error> {
-        // The sequence number only ever grows, and cannot run out at any real commit rate;
-        // only a file made by hand could hold the last one, and wrapping to 0 would make every
-        // later commit lose to it on recovery.
+        // The sequence number only ever grows, and cannot run out at any real commit rate; only
+        // from a file made by hand could it reach the last one (which recovery refuses, so that
+        // such a file fails at recovery with its reason rather than here), and wrapping to 0
+        // would make every later commit lose to it on recovery.
         let Some(sequence) = self.sequence.checked_add(1) else {
             let exhausted = io::Error::other("the sequence number is at its maximum");
             return Err(Error::io(Operation::Write, &self.path, exhausted));
