@@ -74,12 +74,8 @@ fn a_corrupt_state_file_is_refused_and_left_byte_for_byte_unchanged() {
     // A truncated file and an empty one are refused the same way.
     for len in [0, 100, fibd::slot::SLOT_BYTES] {
         std::fs::write(&state, &bytes[..len]).unwrap();
-        let (status, log) = Server::try_start(&state, &[]).err().expect("refused");
-        assert_eq!(status.and_then(|s| s.code()), Some(1));
-        assert!(
-            log.join("\n").contains(&format!("file is {len} bytes")),
-            "{log:?}"
-        );
+        let log = refused_start(&state);
+        assert!(log.contains(&format!("file is {len} bytes")), "{log}");
         assert_eq!(std::fs::read(&state).unwrap().len(), len);
     }
 }
@@ -92,9 +88,7 @@ fn a_slot_written_by_another_format_version_refuses_the_file_untouched() {
     // Slot 1 as a newer fibd would leave it: version 2, its envelope's checksum intact.
     let bytes = reseal(&state, 1, 8, &2u32.to_le_bytes());
 
-    let (status, log) = Server::try_start(&state, &[]).err().expect("refused");
-    assert_eq!(status.and_then(|s| s.code()), Some(1));
-    let log = log.join("\n");
+    let log = refused_start(&state);
     assert!(
         log.contains("slot 1: unsupported format version 2 (this fibd reads 1)"),
         "{log}"
@@ -116,9 +110,7 @@ fn a_newer_slot_written_whole_but_holding_what_fibd_never_writes_refuses_the_fil
     write_state(&state, 42);
     let bytes = reseal(&state, 1, 20, &200u64.to_le_bytes());
 
-    let (status, log) = Server::try_start(&state, &[]).err().expect("refused");
-    assert_eq!(status.and_then(|s| s.code()), Some(1));
-    let log = log.join("\n");
+    let log = refused_start(&state);
     assert!(
         log.contains("slot 1: cursor index 200 is past F(186), though its checksum holds"),
         "{log}"
@@ -165,6 +157,15 @@ fn a_slot_whose_padding_is_damaged_is_still_read_and_the_damage_logged() {
         "{log}"
     );
     assert!(!log.contains("state_slot_invalid"), "{log}");
+}
+
+/// Starts fibd on `state`, which it must refuse, exiting 1; returns what it logged.
+fn refused_start(state: &std::path::Path) -> String {
+    let (status, log) = Server::try_start(state, &[])
+        .err()
+        .expect("fibd refused to start");
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{log:?}");
+    log.join("\n")
 }
 
 /// Writes `value` at `offset` of slot `position` of the state file and seals the slot's
@@ -226,11 +227,7 @@ fn a_second_instance_on_the_same_file_exits_with_a_clear_error() {
     let dir = TempDir::new("lock");
     let state = dir.join("fibd.state");
     let first = Server::start(&state, &[]);
-    let (status, log) = Server::try_start(&state, &[])
-        .err()
-        .expect("second must not start");
-    assert_eq!(status.and_then(|s| s.code()), Some(1));
-    let log = log.join("\n");
+    let log = refused_start(&state);
     assert!(log.contains("another fibd process holds its lock"), "{log}");
     assert!(log.contains(&state.display().to_string()), "{log}");
     assert_eq!(first.value("/current"), "0", "the first keeps serving");
