@@ -281,8 +281,8 @@ def cpu_per_phase(kv):
     kinds = ("server_core", "server_proc", "softirq", "foreign", "steal", "load_core")
     rounds_of = lambda tag: sorted({k.split("_cpu_")[0] for k in kv
                                     if re.match(rf"^{re.escape(tag)}-\d+_cpu_", k)})
-    for tag in ("seed-fibd", "seed-nginx", "peak-read-fibd", "peak-read-alone", "peak-read-nginx",
-                "write-fibd", "write-fibd-b1"):
+    for tag in ("seed-fibd", "seed-nginx", "seed-alone", "peak-read-fibd", "peak-read-alone", "peak-read-nginx",
+                "write-fibd", "write-fibd-b1", "write-fibd-tmpfs"):
         tags = rounds_of(tag) or [tag]  # peak read: the mean over its rounds
         per = [{k: num(kv, f"{t}_cpu_{k}_pct", int) for k in kinds} for t in tags]
         per = [p for p in per if p["server_core"] is not None]
@@ -321,7 +321,7 @@ def report(args):
 
     # Seed
     seed = {}
-    for server in ("fibd", "nginx"):
+    for server in ("fibd", "nginx", "alone"):
         seed[server] = {}
         for r in ROUTES:
             f = os.path.join(raw, f"seed-{server}-{r}.json")
@@ -359,6 +359,24 @@ def report(args):
             nreqs = sum(x["requests"] for x in n_all.values())
             seed["nginx_mean_all_ms"] = sum(x["mean_ms"] * x["requests"] for x in n_all.values()) / max(nreqs, 1)
         target("seed: mean latency, all routes", mean, TARGET_MEAN_MS, mean < TARGET_MEAN_MS, "ms")
+
+    # tiny_http alone under the seed's clients (every route answered like /current, with no
+    # commit): the HTTP library's own tail under this load, as row 2b is its peak.
+    a_all = seed.get("alone", {})
+    if a_all:
+        for r, a in a_all.items():
+            n = n_all.get(r)
+            a["p99_vs_nginx"] = ratio(a["p99_ms"], n and n["p99_ms"])
+            f = f_all.get(r)
+            a["fibd_p99_vs_this"] = ratio(f and f["p99_ms"], a["p99_ms"])
+        cur = a_all.get("current", {})
+        rows.append(("1 seed, tiny_http alone (fibd's bytes, no commit)",
+                     "p99 " + " / ".join(f"{fmt(a_all[r]['p99_ms'])}" for r in ROUTES if r in a_all)
+                     + f" ms ({'/'.join(r for r in ROUTES if r in a_all)}); p99.9 /current "
+                     f"{fmt(cur.get('p99.9_ms'))} ms; err {sum(a['errors'] for a in a_all.values())}",
+                     f"p99 {fmt(n_all.get('current', {}).get('p99_ms'))} ms (/current)" if n_all else "n/a",
+                     f"p99 {fmt(cur.get('p99_vs_nginx'), '.3f')}x",
+                     "(what tiny_http allows /current)", "info"))
 
     # fibd's own histograms over the seed phase: where the step latency goes.
     inside = {}
@@ -445,14 +463,15 @@ def report(args):
 
     # Peak durable write
     pw = {}
-    for tag, key in (("write-fibd", "batched"), ("write-fibd-b1", "batch_max_1")):
+    for tag, key in (("write-fibd", "batched"), ("write-fibd-b1", "batch_max_1"),
+                     ("write-fibd-tmpfs", "no_disk")):
         f = os.path.join(raw, f"{tag}.txt")
         if os.path.exists(f):
             w = parse_wrk(f)
             w["tag"] = tag
             pw[key] = write_summary(w, kv, raw)
     res["scenarios"]["peak_write"] = pw
-    b, b1 = pw.get("batched"), pw.get("batch_max_1")
+    b, b1, nd = pw.get("batched"), pw.get("batch_max_1"), pw.get("no_disk")
     if b:
         write_noise = noisy(cpu, "write-fibd", "peak-read-fibd")
         gain_noise = noisy(cpu, "write-fibd", "write-fibd-b1")
@@ -472,6 +491,13 @@ def report(args):
                          verdict(None if vs_b1 is None else vs_b1 >= TARGET_WRITE_VS_UNBATCHED, gain_noise)))
             target("group commit gain (batched / batch-max 1)", vs_b1, TARGET_WRITE_VS_UNBATCHED,
                    None if vs_b1 is None else vs_b1 >= TARGET_WRITE_VS_UNBATCHED, "x", gain_noise)
+    if nd:
+        # The same steps with fdatasync free: row 3 / this is what the disk leaves of them.
+        nd["vs_read"] = ratio(nd.get("steps_per_s"), fr)
+        nd["disk_keeps"] = ratio(b and b.get("steps_per_s"), nd.get("steps_per_s"))
+        rows.append(("3c durable write, state file on tmpfs",
+                     durable_write(nd), "-", f"{fmt(nd['vs_read'])}x read",
+                     f"(row 3 is {fmt(nd['disk_keeps'])}x of it: the disk's share)", "info"))
 
     # Memory
     idle = parse_line(os.path.join(raw, "idle.txt"), "IDLE")

@@ -2,7 +2,7 @@
 # fibd benchmark (issue 5): reproduces the original load test on a 1 CPU / 512 MB box and
 # measures how far past it fibd goes, next to Debian's nginx on the same core.
 #
-#   scripts/bench.sh                      # full run, 30 s per load phase (about 4 minutes)
+#   scripts/bench.sh                      # full run, 30 s per load phase (about 5 minutes)
 #   BENCH_DURATION=5 scripts/bench.sh     # quick run
 #
 # What it does, in order (docs/BENCHMARKS.md explains every row):
@@ -15,11 +15,12 @@
 #      generator runs under taskset on the other core ($BENCH_LOAD_CPU);
 #   3. scenarios: seed (three constant-rate oha runs at once, latency corrected for
 #      coordinated omission) on fibd then on nginx (one worker, fixed body, same core),
-#      the disk's floor under the steps' latency (bench/disk_floor.py),
-#      peak read (wrk) on fibd, on tiny_http alone (bench/tiny_http_alone.rs: fibd's reply,
-#      no work of its own) and on nginx, peak durable write (wrk, alternating /next and
-#      /previous), 5,000 idle connections, RSS throughout; then a fresh fibd with
-#      --batch-max 1 for the write scenario with group commit off;
+#      the disk's floor under the steps' latency (bench/disk_floor.py), the seed on
+#      tiny_http alone (bench/tiny_http_alone.rs: fibd's reply, no work of its own),
+#      peak read (wrk) on fibd, on tiny_http alone and on nginx, peak durable write (wrk,
+#      alternating /next and /previous), 5,000 idle connections, RSS throughout; then a
+#      fresh fibd with --batch-max 1 for the write scenario with group commit off, and one
+#      with its state file on tmpfs (where fdatasync costs nothing) for the disk's share;
 #   4. bench/report.py prints one table row per scenario, writes $BENCH_OUT/latest.json,
 #      and gnuplot draws the seed latency-percentile plot to docs/img/seed-latency.svg.
 #
@@ -89,6 +90,7 @@ raw="$work/raw"
 mkdir -p "$raw"
 pids=()
 containers=()
+shm_work="" # the tmpfs directory of the no-disk write phase, once made
 cleanup() {
     local rc=$?
     set +e
@@ -107,6 +109,7 @@ cleanup() {
         rm -rf "$OUT/raw" && mkdir -p "$OUT" && cp -r "$raw" "$OUT/raw"
     fi
     rm -rf "$work"
+    if [ -n "$shm_work" ]; then rm -rf "$shm_work"; fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -228,13 +231,15 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 
 # ---------------------------------------------------------------------------------------
 # Server control. start_fibd NAME [fibd flags...] sets fibd_port and fibd_pid (host pid).
+# The state directory is made under $state_root: the work directory, on the disk under test.
 fibd_port=""
 fibd_pid=""
 fibd_name=""
 state_dir=""
+state_root="$work"
 start_fibd() {
     local name="$1"; shift
-    state_dir="$work/state-$name"
+    state_dir="$state_root/state-$name"
     mkdir -p "$state_dir"
     local logf="$raw/fibd-$name.log"
     fibd_name="$name"
@@ -532,6 +537,13 @@ done
 cmp -s "$work/alone-reply" "$work/alone-check" || die "tiny_http_alone does not answer with fibd's bytes"
 kv alone_threads "$ALONE_THREADS"
 
+# The seed's clients against tiny_http alone, every route answered like /current without a
+# commit: the tail the HTTP library itself has under this load, beside fibd's and nginx's.
+log "tiny_http alone: seed scenario"
+phase_begin "$alone_pid"
+seed seed-alone "$alone_port"
+phase_end seed-alone
+
 # Peak read in interleaved rounds (fibd, tiny_http alone, nginx, fibd, ...), each a share of
 # BENCH_DURATION; report.py takes each server's median round. Short-lived background load
 # then hits every server alike instead of deciding the ratios.
@@ -581,6 +593,21 @@ log "fibd --batch-max 1: peak durable write (group commit off)"
 start_fibd batch1 --batch-max 1
 peak_write write-fibd-b1
 stop_fibd
+
+# The same load with the state file on tmpfs, where write + fdatasync cost a memory copy:
+# what fibd's step path allows by itself, so that row 3's gap to the reads can be split
+# into fibd's share and the disk's. Skipped where /dev/shm is not a writable tmpfs.
+if [ "$(stat -f -c %T /dev/shm 2>/dev/null || true)" = tmpfs ] && shm_work="$(mktemp -d /dev/shm/fibd-bench.XXXXXX 2>/dev/null)"; then
+    log "fibd, state file on tmpfs: peak durable write (no disk)"
+    state_root="$shm_work"
+    start_fibd tmpfs
+    peak_write write-fibd-tmpfs
+    stop_fibd
+    state_root="$work"
+else
+    shm_work=""
+    log "no writable tmpfs at /dev/shm: the no-disk write row is skipped"
+fi
 
 # ---------------------------------------------------------------------------------------
 # 4. Report
