@@ -254,9 +254,12 @@ def fmt(v, spec=".2f", unit=""):
 def durable_write(run):
     """Steps/s, steps per fsync and mean commit time of one peak durable-write run."""
     commit_mean = run.get('commit_s', {}).get('mean')
+    # On tmpfs a commit takes microseconds, which milliseconds to two places would show as 0.
+    commit = (f"{fmt(commit_mean * 1e6, '.1f')} µs" if commit_mean is not None and commit_mean < 1e-4
+              else f"{fmt(commit_mean and commit_mean * 1000)} ms")
     return (f"{fmt(run.get('steps_per_s'), ',.0f')} steps/s, "
             f"{fmt(run.get('steps_per_commit'), '.1f')} steps/fsync, "
-            f"commit mean {fmt(commit_mean and commit_mean * 1000)} ms")
+            f"commit mean {commit}")
 
 
 # Foreign load or steal on the server core, in % of it, at or above which a phase's figures
@@ -495,9 +498,11 @@ def report(args):
         # The same steps with fdatasync free: row 3 / this is what the disk leaves of them.
         nd["vs_read"] = ratio(nd.get("steps_per_s"), fr)
         nd["disk_keeps"] = ratio(b and b.get("steps_per_s"), nd.get("steps_per_s"))
+        nd_noise = noisy(cpu, "write-fibd", "write-fibd-tmpfs", "peak-read-fibd")
         rows.append(("3c durable write, state file on tmpfs",
                      durable_write(nd), "-", f"{fmt(nd['vs_read'])}x read",
-                     f"(row 3 is {fmt(nd['disk_keeps'])}x of it: the disk's share)", "info"))
+                     f"(row 3 is {fmt(nd['disk_keeps'])}x of it: the disk's share)",
+                     "NOISY" if nd_noise else "info"))
 
     # Memory
     idle = parse_line(os.path.join(raw, "idle.txt"), "IDLE")

@@ -2,7 +2,7 @@
 # fibd benchmark (issue 5): reproduces the original load test on a 1 CPU / 512 MB box and
 # measures how far past it fibd goes, next to Debian's nginx on the same core.
 #
-#   scripts/bench.sh                      # full run, 30 s per load phase (about 5 minutes)
+#   scripts/bench.sh                      # full run, 30 s per load phase (about 6 minutes)
 #   BENCH_DURATION=5 scripts/bench.sh     # quick run
 #
 # What it does, in order (docs/BENCHMARKS.md explains every row):
@@ -604,6 +604,7 @@ if [ "$(stat -f -c %T /dev/shm 2>/dev/null || true)" = tmpfs ] && shm_work="$(mk
     peak_write write-fibd-tmpfs
     stop_fibd
     state_root="$work"
+    rm -rf "$shm_work" && shm_work=""
 else
     shm_work=""
     log "no writable tmpfs at /dev/shm: the no-disk write row is skipped"
