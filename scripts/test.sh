@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of fibd: formatting, lints, unit and integration tests, the Prometheus
-# checks, and the deployment tests. Installs what it needs (Rust components, Debian packages).
+# checks, the benchmark report's tests, and the deployment tests. Installs what it needs
+# (Rust components, Debian packages).
 #
 #   scripts/test.sh           everything (what CI runs)
 #   scripts/test.sh --quick   only fmt, clippy and cargo test: the inner loop while coding
@@ -53,6 +54,9 @@ scripts/test-prometheus.sh
 
 step "Kubernetes manifest schema"
 tests/deploy/k8s_validate.sh
+
+step "Benchmark report: bench/report.py on a recorded run"
+python3 bench/test_report.py
 
 step "Deployment: static binary, container, systemd, OpenRC, install.sh, smoke.sh"
 scripts/test-deploy.sh
