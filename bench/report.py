@@ -284,7 +284,8 @@ def cpu_per_phase(kv):
     kinds = ("server_core", "server_proc", "softirq", "foreign", "steal", "load_core")
     rounds_of = lambda tag: sorted({k.split("_cpu_")[0] for k in kv
                                     if re.match(rf"^{re.escape(tag)}-\d+_cpu_", k)})
-    for tag in ("seed-fibd", "seed-nginx", "seed-alone", "peak-read-fibd", "peak-read-alone", "peak-read-nginx",
+    for tag in ("seed-fibd", "seed-nginx", "seed-alone",
+                "peak-read-fibd", "peak-read-alone", "peak-read-nginx",
                 "write-fibd", "write-fibd-b1", "write-fibd-tmpfs"):
         tags = rounds_of(tag) or [tag]  # peak read: the mean over its rounds
         per = [{k: num(kv, f"{t}_cpu_{k}_pct", int) for k in kinds} for t in tags]

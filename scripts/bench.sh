@@ -597,7 +597,8 @@ stop_fibd
 # The same load with the state file on tmpfs, where write + fdatasync cost a memory copy:
 # what fibd's step path allows by itself, so that row 3's gap to the reads can be split
 # into fibd's share and the disk's. Skipped where /dev/shm is not a writable tmpfs.
-if [ "$(stat -f -c %T /dev/shm 2>/dev/null || true)" = tmpfs ] && shm_work="$(mktemp -d /dev/shm/fibd-bench.XXXXXX 2>/dev/null)"; then
+if [ "$(stat -f -c %T /dev/shm 2>/dev/null || true)" = tmpfs ] &&
+    shm_work="$(mktemp -d /dev/shm/fibd-bench.XXXXXX 2>/dev/null)"; then
     log "fibd, state file on tmpfs: peak durable write (no disk)"
     state_root="$shm_work"
     start_fibd tmpfs
