@@ -607,7 +607,6 @@ if [ "$(stat -f -c %T /dev/shm 2>/dev/null || true)" = tmpfs ] &&
     state_root="$work"
     rm -rf "$shm_work" && shm_work=""
 else
-    shm_work=""
     log "no writable tmpfs at /dev/shm: the no-disk write row is skipped"
 fi
 
