@@ -20,10 +20,10 @@
 //! `SEND_TIMEOUT_MS` in all is hung up on, which makes the blocked write fail at once.
 
 use std::collections::HashSet;
-use std::ffi::c_int;
+use std::ffi::{c_int, c_void};
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -91,8 +91,9 @@ impl HangUps {
 /// Runs until `stopping` returns true: hangs up on the connections to `local_port` that
 /// `hang_ups` asks for, on those of replies begun over `write_max` ago and still being
 /// written, and, when a purge is asked for, on every connection whose peer `spared` does not
-/// keep. A scan that could not read every descriptor (they have run out) leaves what it did
-/// not find for the next one; after a whole scan, a connection not found has already ended.
+/// keep and whose client has sent more than `PURGE_SPARES_RECEIVED_BYTES_MAX`. A scan that
+/// could not read every descriptor (they have run out) leaves what it did not find for the
+/// next one; after a whole scan, a connection not found has already ended.
 /// `on_hung_up` is told how many each scan shut down, and how many of those for a purge alone.
 pub fn run(
     hang_ups: &HangUps,
@@ -315,7 +316,8 @@ pub struct Scan {
 }
 
 /// Shuts down the sockets connected to `local_port` from any of `peers`, and with a `purge`,
-/// from any peer it does not spare; but for those whose inodes are in `already_shut`.
+/// from any peer it does not spare that has sent more than `PURGE_SPARES_RECEIVED_BYTES_MAX`;
+/// but for those whose inodes are in `already_shut`.
 pub fn hang_up(
     peers: &HashSet<SocketAddr>,
     purge: Option<&dyn Fn(SocketAddr) -> bool>,
@@ -367,8 +369,21 @@ pub fn hang_up(
         let Ok(peer) = socket.peer_addr() else {
             continue;
         };
+        if !ours {
+            continue;
+        }
         let asked = peers.contains(&peer);
-        if !ours || !(asked || purge.is_some_and(|spared| !spared(peer))) {
+        // A purge is for the connections that filled tiny_http's queue. One whose client has
+        // sent no more than a request or two cannot have, and is likely an ordinary client
+        // whose request waits in that queue: hung up on, it would lose it, and so would every
+        // retry for as long as a flood keeps the acceptor behind. Sparing it keeps out of the
+        // queue nothing a hang-up would: what it sent is buffered, and parsed either way, and
+        // once it sends more, the next look hangs up on it.
+        let purged = !asked
+            && purge.is_some_and(|spared| !spared(peer))
+            && bytes_received(&socket)
+                .is_none_or(|sent| sent > limits::PURGE_SPARES_RECEIVED_BYTES_MAX);
+        if !(asked || purged) {
             continue;
         }
         let (socket, inode) = with_inode(socket);
@@ -392,6 +407,50 @@ fn with_inode(socket: TcpStream) -> (TcpStream, Option<u64>) {
     let inode = file.metadata().map(|metadata| metadata.ino()).ok();
     (TcpStream::from(OwnedFd::from(file)), inode)
 }
+
+/// The bytes the client has sent on `socket` since it connected (`tcpi_bytes_received` of
+/// TCP_INFO, Linux 4.1 on), whether or not tiny_http has read them yet; None where the kernel
+/// does not say.
+fn bytes_received(socket: &TcpStream) -> Option<u64> {
+    unsafe extern "C" {
+        /// getsockopt(2), from the C library that std itself links (musl or glibc).
+        fn getsockopt(
+            fd: c_int,
+            level: c_int,
+            name: c_int,
+            value: *mut c_void,
+            length: *mut u32,
+        ) -> c_int;
+    }
+    let mut info = [0u8; TCP_INFO_BYTES];
+    let mut length = TCP_INFO_BYTES as u32;
+    // SAFETY: getsockopt(2) writes at most `length` bytes to `value`, here a buffer of ours
+    // that long, and the count it wrote to `length`, a u32 of ours (socklen_t is 32 bits on
+    // Linux); `socket` holds the descriptor open for the call. Any bytes are a valid [u8].
+    let status = unsafe {
+        getsockopt(
+            socket.as_raw_fd(),
+            IPPROTO_TCP,
+            TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut length,
+        )
+    };
+    let field = TCP_INFO_BYTES_RECEIVED_AT..TCP_INFO_BYTES_RECEIVED_AT + 8;
+    if status != 0 || (length as usize) < field.end {
+        return None;
+    }
+    Some(u64::from_ne_bytes(info[field].try_into().ok()?))
+}
+
+/// IPPROTO_TCP and TCP_INFO, the same numbers on every Linux architecture.
+const IPPROTO_TCP: c_int = 6;
+const TCP_INFO: c_int = 11;
+/// The size of Linux's `struct tcp_info` today (it only ever grows; a kernel that writes less
+/// says so in the length), and the offset of its `tcpi_bytes_received`, a u64 in the machine's
+/// byte order: `offsetof` in <linux/tcp.h>, the same on every architecture.
+const TCP_INFO_BYTES: usize = 232;
+const TCP_INFO_BYTES_RECEIVED_AT: usize = 128;
 
 /// EBADF, the same number on every Linux architecture.
 const EBADF: i32 = 9;
@@ -435,6 +494,30 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (served, peer) = listener.accept().unwrap();
         (client, served, peer)
+    }
+
+    /// Has `client` send more than a purge spares, and waits until the kernel has taken it
+    /// on `served`, the server's end.
+    fn sends_too_much_to_be_spared(client: &mut TcpStream, served: &TcpStream) {
+        let bytes = limits::PURGE_SPARES_RECEIVED_BYTES_MAX + 1;
+        let request = b"GET /fib?n=187 HTTP/1.1\r\nHost: t\r\n\r\n";
+        let pipelined: Vec<u8> = request
+            .iter()
+            .copied()
+            .cycle()
+            .take(bytes as usize)
+            .collect();
+        client.write_all(&pipelined).unwrap();
+        waits_until_received(served, bytes);
+    }
+
+    /// Waits until the kernel has taken `bytes` in all from the client of `served`.
+    fn waits_until_received(served: &TcpStream, bytes: u64) {
+        let started = Instant::now();
+        while bytes_received(served) != Some(bytes) {
+            assert!(started.elapsed() < Duration::from_secs(5), "never received");
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Asserts that the client of `client` sees its connection end.
@@ -549,7 +632,10 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let (mut first, served_first, first_peer) = connect(&listener);
         let (mut second, served_second, second_peer) = connect(&listener);
-        let (mut spared, _served_spared, spared_peer) = connect(&listener);
+        let (mut spared, served_spared, spared_peer) = connect(&listener);
+        // Each sends more than a purge spares for that alone (see the next test).
+        sends_too_much_to_be_spared(&mut second, &served_second);
+        sends_too_much_to_be_spared(&mut spared, &served_spared);
         let keep = |peer: SocketAddr| peer == spared_peer;
         let scan = hang_up(
             &HashSet::from([first_peer]),
@@ -567,7 +653,8 @@ mod tests {
         // The thread does the same when asked (with the sockets purged above closed, so that
         // only the new one is left to shut down).
         drop((served_first, served_second));
-        let (mut late, _served_late, _) = connect(&listener);
+        let (mut late, served_late, _) = connect(&listener);
+        sends_too_much_to_be_spared(&mut late, &served_late);
         let hang_ups = Arc::new(HangUps::default());
         let spare = HashSet::from([spared_peer]);
         let (stop, count, thread) = hang_up_thread(&hang_ups, port, Duration::from_secs(60), spare);
@@ -577,6 +664,47 @@ mod tests {
         thread.join().unwrap();
         assert_eq!(count.load(Ordering::Relaxed), 1);
         still_open(&mut spared);
+    }
+
+    #[test]
+    fn a_purge_spares_a_connection_whose_client_has_sent_little_unless_it_is_asked_for() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mut quiet, served_quiet, quiet_peer) = connect(&listener);
+        let (mut asked, served_asked, asked_peer) = connect(&listener);
+        let (mut flooder, served_flooder, flooder_peer) = connect(&listener);
+        assert_eq!(bytes_received(&served_quiet), Some(0));
+        // One request each, as large as a purge spares: the kernel counts every byte.
+        let max = limits::PURGE_SPARES_RECEIVED_BYTES_MAX;
+        let head = format!(
+            "GET /current HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
+            "p".repeat(max as usize - 43)
+        );
+        assert_eq!(head.len() as u64, max);
+        for (client, served) in [(&mut quiet, &served_quiet), (&mut asked, &served_asked)] {
+            client.write_all(head.as_bytes()).unwrap();
+            waits_until_received(served, max);
+        }
+        sends_too_much_to_be_spared(&mut flooder, &served_flooder);
+        let scan = hang_up(
+            &HashSet::from([asked_peer]),
+            Some(&|_| false),
+            port,
+            &HashSet::new(),
+        );
+        assert!(scan.complete);
+        assert_eq!(scan.shut_down, HashSet::from([asked_peer, flooder_peer]));
+        assert_eq!(scan.purged, 1);
+        sees_the_end(&mut asked);
+        sees_the_end(&mut flooder);
+        still_open(&mut quiet);
+        // One byte more, and it is no longer spared.
+        quiet.write_all(b"G").unwrap();
+        waits_until_received(&served_quiet, max + 1);
+        let scan = hang_up(&HashSet::new(), Some(&|_| false), port, &scan.shut_sockets);
+        assert_eq!(scan.shut_down, HashSet::from([quiet_peer]));
+        sees_the_end(&mut quiet);
+        drop(served_quiet);
     }
 
     #[test]

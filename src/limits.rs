@@ -103,9 +103,17 @@ pub const QUEUE_LAG_MAX_MS: u64 = 100;
 /// mean a process short of the core, or a burst of ordinary clients, not a flood.
 pub const QUEUE_LAG_PIPELINED_MIN: u64 = 1_000;
 /// Late looks in a row (one per marker interval) that make the acceptor far behind, when the
-/// edge hangs up on every connection but its own and those with only a request in flight: a
-/// flood is seen about 0.12 s after it begins.
+/// edge hangs up on every connection but its own, those with only a request in flight and those
+/// that sent little (`PURGE_SPARES_RECEIVED_BYTES_MAX`): a flood is seen about 0.12 s after it
+/// begins.
 pub const QUEUE_LAG_LATE_LOOKS_MIN: u32 = 2;
+/// A purge spares a connection whose client has sent at most this many bytes since it
+/// connected (`hang_up.rs`): room for one request from curl or a script with a few header
+/// fields (curl's is about 90 bytes), so an ordinary client whose request still waits in
+/// tiny_http's queue is answered when the acceptor reaches it, however long fibd stays behind.
+/// Such a connection can have queued at most 28 requests (18 bytes is the smallest), too few
+/// to be what filled the queue; a flooder passes it within its first burst.
+pub const PURGE_SPARES_RECEIVED_BYTES_MAX: u64 = 512;
 /// The gauge's connect timeout, and its wait before connecting again after a failed connect or
 /// a connection that ended before any of its markers was taken.
 pub const QUEUE_LAG_RECONNECT_MS: u64 = 1_000;

@@ -428,7 +428,7 @@ impl Metrics {
             ),
             (
                 "fibd_connections_purged_total",
-                "Of those, connections hung up on because fibd had fallen far behind a flood of pipelined requests (its marker request waited 100 ms while it took 1,000 pipelined requests): all but those with just a request in flight.",
+                "Of those, connections hung up on because fibd had fallen far behind a flood of pipelined requests (its marker request waited 100 ms while it took 1,000 pipelined requests): all but those with just a request in flight or whose client has sent at most 512 bytes.",
                 &self.connections_purged,
             ),
             (

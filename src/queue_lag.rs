@@ -13,9 +13,9 @@
 //! waited so far, and how many pipelined requests the acceptors took meanwhile. A marker that
 //! has waited long while the acceptors took many pipelined requests means a flood of them, and
 //! the acceptor far behind it (the marker is judged while it waits: under a flood the acceptor
-//! would reach it only seconds later). The edge then hangs up on every connection but its own
-//! and those with only a request in flight (`hang_up.rs`): their parsers stop, and what they
-//! queued is drained.
+//! would reach it only seconds later). The edge then hangs up on every connection but its own,
+//! those with only a request in flight and those whose client has sent no more than a request
+//! (`hang_up.rs`): their parsers stop, and what they queued is drained.
 
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};

@@ -1329,7 +1329,7 @@ fn resident_kib(pid: u32) -> Option<u64> {
 /// docs/SECURITY.md's pipelining flood: clients that pipeline without reading and reconnect
 /// whenever they are hung up on. tiny_http parses their requests into its queue faster than
 /// the acceptor takes them; fibd must see that it fell behind, hang up on them, stay small,
-/// go on answering an ordinary client most of the time, and catch up once the flood stops.
+/// go on answering an ordinary client, and catch up once the flood stops.
 /// Without the queue-lag gauge, this flood took fibd to 424 MiB.
 #[test]
 fn a_reconnecting_flood_of_pipelined_requests_is_hung_up_on_while_fibd_falls_behind() {
@@ -1369,9 +1369,13 @@ fn a_reconnecting_flood_of_pipelined_requests_is_hung_up_on_while_fibd_falls_beh
             })
         })
         .collect();
-    // An ordinary client asks on a new connection every 50 ms. Its request may be among those
-    // queued when fibd hangs up; most are not (here 75-100% were answered; a quarter is the
-    // floor, for a busy machine).
+    // An ordinary client asks on a new connection every 50 ms. Its request may wait in the
+    // queue while fibd hangs up on everyone, but its connection, having sent one small
+    // request, is spared, and the request is answered when the acceptor reaches it: here all
+    // were, also with the test and fibd on one core, where each took about a second. (When
+    // the purge spared only requests in flight, a busy CI machine answered 1 of 40, and one
+    // core 0 of 29-33: the flood kept fibd behind throughout.) Half is the floor: a new
+    // connection that reuses the port of an abandoned one is closed unanswered.
     let ordinary = {
         let stop = stop.clone();
         std::thread::spawn(move || {
@@ -1413,7 +1417,7 @@ fn a_reconnecting_flood_of_pipelined_requests_is_hung_up_on_while_fibd_falls_beh
         "fibd grew to {resident_peak_kib} KiB"
     );
     assert!(
-        answered * 4 >= asked,
+        answered * 2 >= asked,
         "{answered} of {asked} ordinary requests answered"
     );
     // Caught up: no longer behind, and the gauge's markers, each stamped anew, are taken in
