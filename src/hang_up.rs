@@ -13,6 +13,10 @@
 //! the connection when the client sends more, and tiny_http's thread reads what was already
 //! buffered, then the end of the stream, and lets the connection go.
 //!
+//! While the acceptor is far behind a flood (`queue_lag.rs`), a purge hangs up on every
+//! connection but those the edge spares and those whose client has sent too little to have
+//! filled the queue, by the kernel's count (`TCP_INFO`).
+//!
 //! It also ends replies that take too long to write. The send timeout bounds each write call,
 //! not a whole reply: a client that reads a few bytes at a time lets every call make a little
 //! progress, and could hold the writing thread (a worker, a step responder) for as long as it
@@ -22,7 +26,8 @@
 use std::collections::HashSet;
 use std::ffi::{c_int, c_void};
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
@@ -40,7 +45,7 @@ use crate::process::{self, Descriptor};
 pub struct HangUps {
     wanted: Mutex<HashSet<SocketAddr>>,
     /// Set while the acceptor is far behind (`queue_lag.rs`): the next scan hangs up on every
-    /// connection but those spared.
+    /// connection but those spared, and those that have sent little.
     purge: AtomicBool,
     doorbell: Sender<()>,
     rung: Receiver<()>,
@@ -75,9 +80,10 @@ impl HangUps {
         let _ = self.doorbell.try_send(());
     }
 
-    /// Asks for every connection to be hung up on but those `run`'s `spared` keeps: the
-    /// acceptor is far behind, and which connections filled its queue cannot be told until it
-    /// reaches their requests. Asked again while a scan runs, it is done once more after.
+    /// Asks for every connection to be hung up on but those `run`'s `spared` keeps and those
+    /// that have sent little (`run`'s `quiet_bytes_max`): the acceptor is far behind, and
+    /// which connections filled its queue cannot be told until it reaches their requests.
+    /// Asked again while a scan runs, it is done once more after.
     pub fn purge(&self) {
         self.purge.store(true, Ordering::Release);
         let _ = self.doorbell.try_send(());
@@ -91,15 +97,17 @@ impl HangUps {
 /// Runs until `stopping` returns true: hangs up on the connections to `local_port` that
 /// `hang_ups` asks for, on those of replies begun over `write_max` ago and still being
 /// written, and, when a purge is asked for, on every connection whose peer `spared` does not
-/// keep and whose client has sent more than `PURGE_SPARES_RECEIVED_BYTES_MAX`. A scan that
-/// could not read every descriptor (they have run out) leaves what it did not find for the
-/// next one; after a whole scan, a connection not found has already ended.
+/// keep and whose client has sent more than `quiet_bytes_max` (every one, when that is None:
+/// the kernel does not count what clients send). A scan that could not read every descriptor
+/// (they have run out) leaves what it did not find for the next one; after a whole scan, a
+/// connection not found has already ended.
 /// `on_hung_up` is told how many each scan shut down, and how many of those for a purge alone.
 pub fn run(
     hang_ups: &HangUps,
     write_max: Duration,
     local_port: u16,
     spared: impl Fn(SocketAddr) -> bool,
+    quiet_bytes_max: Option<u64>,
     stopping: impl Fn() -> bool,
     on_hung_up: impl Fn(usize, usize),
 ) {
@@ -132,7 +140,10 @@ pub fn run(
         let mut targets = pending.clone();
         targets.extend(overdue.iter().map(|write| write.peer));
         let scan_started = Instant::now();
-        let purge: Option<&dyn Fn(SocketAddr) -> bool> = purging.then_some(&spared);
+        let purge = purging.then_some(Purge {
+            spared: &spared,
+            quiet_bytes_max,
+        });
         let scan = hang_up(&targets, purge, local_port, &shut_sockets);
         on_hung_up(scan.shut_down.len(), scan.purged);
         if scan.complete {
@@ -315,12 +326,44 @@ pub struct Scan {
     pub purged: usize,
 }
 
+/// Whom a purge spares: the peers the edge names, and connections that have sent little.
+#[derive(Clone, Copy)]
+pub struct Purge<'a> {
+    /// The peers it spares whatever they sent.
+    pub spared: &'a dyn Fn(SocketAddr) -> bool,
+    /// The most a client may have sent on a connection the purge spares for that alone; None
+    /// where the kernel's count cannot be trusted (`kernel_counts_bytes_received`).
+    pub quiet_bytes_max: Option<u64>,
+}
+
+impl Purge<'_> {
+    /// Whether the purge hangs up on the connection from `peer`, whose client has sent as many
+    /// bytes as `bytes_received` says (asked only when it matters: it costs a system call).
+    fn hangs_up_on(&self, peer: SocketAddr, bytes_received: impl FnOnce() -> Option<u64>) -> bool {
+        if (self.spared)(peer) {
+            return false;
+        }
+        // A purge is for the connections that filled tiny_http's queue. One whose client has
+        // sent no more than `quiet_bytes_max` (a few dozen of the smallest requests) cannot
+        // have, and is likely an ordinary client whose request waits in that queue: hung up
+        // on, it would lose it, and so would every retry for as long as a flood keeps the
+        // acceptor behind. Sparing it keeps out of the queue nothing a hang-up would: what it
+        // sent is buffered, and parsed either way; if it sends more while fibd is still
+        // behind, the next scan hangs up on it; and if it sends nothing, the idle timeout
+        // ends it. An unknown count is taken as a flooder's.
+        match self.quiet_bytes_max {
+            Some(max) => bytes_received().is_none_or(|sent| sent > max),
+            None => true,
+        }
+    }
+}
+
 /// Shuts down the sockets connected to `local_port` from any of `peers`, and with a `purge`,
-/// from any peer it does not spare that has sent more than `PURGE_SPARES_RECEIVED_BYTES_MAX`;
-/// but for those whose inodes are in `already_shut`.
+/// from any peer it hangs up on (`Purge::hangs_up_on`); but for those whose inodes are in
+/// `already_shut`.
 pub fn hang_up(
     peers: &HashSet<SocketAddr>,
-    purge: Option<&dyn Fn(SocketAddr) -> bool>,
+    purge: Option<Purge>,
     local_port: u16,
     already_shut: &HashSet<u64>,
 ) -> Scan {
@@ -373,16 +416,8 @@ pub fn hang_up(
             continue;
         }
         let asked = peers.contains(&peer);
-        // A purge is for the connections that filled tiny_http's queue. One whose client has
-        // sent no more than a request or two cannot have, and is likely an ordinary client
-        // whose request waits in that queue: hung up on, it would lose it, and so would every
-        // retry for as long as a flood keeps the acceptor behind. Sparing it keeps out of the
-        // queue nothing a hang-up would: what it sent is buffered, and parsed either way, and
-        // once it sends more, the next look hangs up on it.
         let purged = !asked
-            && purge.is_some_and(|spared| !spared(peer))
-            && bytes_received(&socket)
-                .is_none_or(|sent| sent > limits::PURGE_SPARES_RECEIVED_BYTES_MAX);
+            && purge.is_some_and(|purge| purge.hangs_up_on(peer, || bytes_received(&socket)));
         if !(asked || purged) {
             continue;
         }
@@ -408,9 +443,33 @@ fn with_inode(socket: TcpStream) -> (TcpStream, Option<u64>) {
     (TcpStream::from(OwnedFd::from(file)), inode)
 }
 
+/// Whether the kernel counts the bytes a client sends (`bytes_received`), asked of a
+/// connection of our own over loopback. Linux does since 4.1; a sandbox's own network stack
+/// may answer TCP_INFO with a count that stays 0, which would make every connection look quiet
+/// and spare it from every purge.
+pub fn kernel_counts_bytes_received() -> bool {
+    let check = || -> io::Result<bool> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+        let mut client = TcpStream::connect(listener.local_addr()?)?;
+        let (served, _) = listener.accept()?;
+        let sent = b"fibd";
+        client.write_all(sent)?;
+        let waited = Instant::now();
+        while waited.elapsed() < Duration::from_millis(limits::BYTES_RECEIVED_CHECK_WAIT_MS) {
+            match bytes_received(&served) {
+                Some(count) if count == sent.len() as u64 => return Ok(true),
+                Some(0) => thread::sleep(Duration::from_millis(1)),
+                _ => return Ok(false),
+            }
+        }
+        Ok(false)
+    };
+    check().unwrap_or(false)
+}
+
 /// The bytes the client has sent on `socket` since it connected (`tcpi_bytes_received` of
-/// TCP_INFO, Linux 4.1 on), whether or not tiny_http has read them yet; None where the kernel
-/// does not say.
+/// TCP_INFO, Linux 4.1 on; a FIN counts as one), whether or not tiny_http has read them yet;
+/// None where the kernel does not say.
 fn bytes_received(socket: &TcpStream) -> Option<u64> {
     unsafe extern "C" {
         /// getsockopt(2), from the C library that std itself links (musl or glibc).
@@ -422,8 +481,8 @@ fn bytes_received(socket: &TcpStream) -> Option<u64> {
             length: *mut u32,
         ) -> c_int;
     }
-    let mut info = [0u8; TCP_INFO_BYTES];
-    let mut length = TCP_INFO_BYTES as u32;
+    let mut info = [0u8; TCP_INFO_BYTES_RECEIVED_END];
+    let mut length = TCP_INFO_BYTES_RECEIVED_END as u32;
     // SAFETY: getsockopt(2) writes at most `length` bytes to `value`, here a buffer of ours
     // that long, and the count it wrote to `length`, a u32 of ours (socklen_t is 32 bits on
     // Linux); `socket` holds the descriptor open for the call. Any bytes are a valid [u8].
@@ -436,21 +495,20 @@ fn bytes_received(socket: &TcpStream) -> Option<u64> {
             &mut length,
         )
     };
-    let field = TCP_INFO_BYTES_RECEIVED_AT..TCP_INFO_BYTES_RECEIVED_AT + 8;
-    if status != 0 || (length as usize) < field.end {
+    if status != 0 || (length as usize) < TCP_INFO_BYTES_RECEIVED_END {
         return None;
     }
+    let field = TCP_INFO_BYTES_RECEIVED_END - 8..TCP_INFO_BYTES_RECEIVED_END;
     Some(u64::from_ne_bytes(info[field].try_into().ok()?))
 }
 
 /// IPPROTO_TCP and TCP_INFO, the same numbers on every Linux architecture.
 const IPPROTO_TCP: c_int = 6;
 const TCP_INFO: c_int = 11;
-/// The size of Linux's `struct tcp_info` today (it only ever grows; a kernel that writes less
-/// says so in the length), and the offset of its `tcpi_bytes_received`, a u64 in the machine's
-/// byte order: `offsetof` in <linux/tcp.h>, the same on every architecture.
-const TCP_INFO_BYTES: usize = 232;
-const TCP_INFO_BYTES_RECEIVED_AT: usize = 128;
+/// Where `tcpi_bytes_received`, a u64 in the machine's byte order, ends in Linux's `struct
+/// tcp_info` (`offsetof` in <linux/tcp.h> plus 8, the same on every architecture). The struct
+/// only ever grows; asked for this much, the kernel copies this much, or says it has less.
+const TCP_INFO_BYTES_RECEIVED_END: usize = 136;
 
 /// EBADF, the same number on every Linux architecture.
 const EBADF: i32 = 9;
@@ -496,10 +554,19 @@ mod tests {
         (client, served, peer)
     }
 
+    /// The most a client may send on a connection the tests' purges spare for that alone.
+    const QUIET_MAX: u64 = limits::PURGE_SPARES_RECEIVED_BYTES_MAX;
+
+    /// A purge that spares no peer for who it is, only those that sent at most `QUIET_MAX`.
+    const SPARES_NONE: Purge<'static> = Purge {
+        spared: &|_| false,
+        quiet_bytes_max: Some(QUIET_MAX),
+    };
+
     /// Has `client` send more than a purge spares, and waits until the kernel has taken it
     /// on `served`, the server's end.
     fn sends_too_much_to_be_spared(client: &mut TcpStream, served: &TcpStream) {
-        let bytes = limits::PURGE_SPARES_RECEIVED_BYTES_MAX + 1;
+        let bytes = QUIET_MAX + 1;
         let request = b"GET /fib?n=187 HTTP/1.1\r\nHost: t\r\n\r\n";
         let pipelined: Vec<u8> = request
             .iter()
@@ -616,6 +683,7 @@ mod tests {
                 write_max,
                 port,
                 |peer| spared.contains(&peer),
+                Some(QUIET_MAX),
                 || stopping.load(Ordering::Relaxed),
                 |n, purged| {
                     assert!(purged <= n);
@@ -639,7 +707,10 @@ mod tests {
         let keep = |peer: SocketAddr| peer == spared_peer;
         let scan = hang_up(
             &HashSet::from([first_peer]),
-            Some(&keep),
+            Some(Purge {
+                spared: &keep,
+                quiet_bytes_max: Some(QUIET_MAX),
+            }),
             port,
             &HashSet::new(),
         );
@@ -675,7 +746,7 @@ mod tests {
         let (mut flooder, served_flooder, flooder_peer) = connect(&listener);
         assert_eq!(bytes_received(&served_quiet), Some(0));
         // One request each, as large as a purge spares: the kernel counts every byte.
-        let max = limits::PURGE_SPARES_RECEIVED_BYTES_MAX;
+        let max = QUIET_MAX;
         let head = format!(
             "GET /current HTTP/1.1\r\nHost: t\r\nX-Pad: {}\r\n\r\n",
             "p".repeat(max as usize - 43)
@@ -688,7 +759,7 @@ mod tests {
         sends_too_much_to_be_spared(&mut flooder, &served_flooder);
         let scan = hang_up(
             &HashSet::from([asked_peer]),
-            Some(&|_| false),
+            Some(SPARES_NONE),
             port,
             &HashSet::new(),
         );
@@ -701,10 +772,53 @@ mod tests {
         // One byte more, and it is no longer spared.
         quiet.write_all(b"G").unwrap();
         waits_until_received(&served_quiet, max + 1);
-        let scan = hang_up(&HashSet::new(), Some(&|_| false), port, &scan.shut_sockets);
+        let scan = hang_up(&HashSet::new(), Some(SPARES_NONE), port, &scan.shut_sockets);
         assert_eq!(scan.shut_down, HashSet::from([quiet_peer]));
         sees_the_end(&mut quiet);
         drop(served_quiet);
+    }
+
+    #[test]
+    fn where_the_kernel_does_not_count_what_clients_send_a_purge_spares_no_quiet_one() {
+        assert!(kernel_counts_bytes_received(), "Linux counts them");
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (mut quiet, _served_quiet, quiet_peer) = connect(&listener);
+        let uncounted = Purge {
+            spared: &|_| false,
+            quiet_bytes_max: None,
+        };
+        let scan = hang_up(&HashSet::new(), Some(uncounted), port, &HashSet::new());
+        assert_eq!(scan.shut_down, HashSet::from([quiet_peer]));
+        assert_eq!(scan.purged, 1);
+        sees_the_end(&mut quiet);
+    }
+
+    #[test]
+    fn a_purge_spares_whom_it_is_told_to_and_then_those_known_to_have_sent_little() {
+        let peer: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let spared = Purge {
+            spared: &|_| true,
+            quiet_bytes_max: Some(512),
+        };
+        assert!(!spared.hangs_up_on(peer, || panic!("not asked: it is spared anyway")));
+        for (sent, hung_up_on) in [
+            (Some(0), false),
+            (Some(512), false),
+            (Some(513), true),
+            (None, true),
+        ] {
+            assert_eq!(
+                SPARES_NONE.hangs_up_on(peer, || sent),
+                hung_up_on,
+                "{sent:?}"
+            );
+        }
+        let uncounted = Purge {
+            quiet_bytes_max: None,
+            ..SPARES_NONE
+        };
+        assert!(uncounted.hangs_up_on(peer, || panic!("not asked: it is not trusted")));
     }
 
     #[test]

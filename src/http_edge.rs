@@ -368,8 +368,8 @@ impl Edge {
                         (
                             "note",
                             &"clients send requests faster than fibd takes them; hanging up \
-                              on every connection without a request in flight until it \
-                              catches up",
+                              on every connection without a request in flight that has sent \
+                              over 512 bytes, until it catches up",
                         ),
                     ],
                 );
@@ -921,13 +921,31 @@ pub fn start(
     handles.push(spawn("hang-up", move || {
         let edge = edge_for_hang_up;
         let write_max = Duration::from_millis(limits::SEND_TIMEOUT_MS);
+        // Asked here, not before serving: it takes a connection of its own, and a purge is
+        // needed only a tenth of a second into a flood at the soonest.
+        let quiet_bytes_max = if hang_up::kernel_counts_bytes_received() {
+            Some(limits::PURGE_SPARES_RECEIVED_BYTES_MAX)
+        } else {
+            log::warn(
+                "bytes_received_uncounted",
+                &[(
+                    "note",
+                    &"the kernel does not say how much a client has sent (TCP_INFO); when fibd \
+                      falls behind a flood of pipelined requests, it hangs up on new clients \
+                      whose requests wait too",
+                )],
+            );
+            None
+        };
         hang_up::run(
             &edge.hang_ups,
             write_max,
             local_addr.port(),
             // A purge spares our own connections, and clients waiting for the reply to a
-            // request already taken: hanging up on them would free nothing.
+            // request already taken: hanging up on them would free nothing. (It also spares
+            // those that have sent little: `quiet_bytes_max`.)
             |peer| edge.queue_lag.is_own(peer) || edge.connections.settled(Peer::of(peer)),
+            quiet_bytes_max,
             || edge.is_stopping(),
             |count, purged| {
                 edge.metrics

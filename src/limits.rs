@@ -111,9 +111,14 @@ pub const QUEUE_LAG_LATE_LOOKS_MIN: u32 = 2;
 /// connected (`hang_up.rs`): room for one request from curl or a script with a few header
 /// fields (curl's is about 90 bytes), so an ordinary client whose request still waits in
 /// tiny_http's queue is answered when the acceptor reaches it, however long fibd stays behind.
-/// Such a connection can have queued at most 28 requests (18 bytes is the smallest), too few
-/// to be what filled the queue; a flooder passes it within its first burst.
+/// Such a connection can have queued a few dozen requests at most (34 of the smallest tiny_http
+/// parses, 15 bytes), too few to be what filled the queue; a flooder passes it in its first
+/// burst.
 pub const PURGE_SPARES_RECEIVED_BYTES_MAX: u64 = 512;
+/// How long the hang-up thread waits, once, for the kernel to count four bytes sent over
+/// loopback (`hang_up::kernel_counts_bytes_received`): it takes microseconds, and a second
+/// allows for a start-up short of the core.
+pub const BYTES_RECEIVED_CHECK_WAIT_MS: u64 = 1_000;
 /// The gauge's connect timeout, and its wait before connecting again after a failed connect or
 /// a connection that ended before any of its markers was taken.
 pub const QUEUE_LAG_RECONNECT_MS: u64 = 1_000;

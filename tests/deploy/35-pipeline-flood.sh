@@ -92,9 +92,10 @@ logs=$(pm logs "$name" 2>&1 || true)
 check "fibd said it fell behind" grep -q 'event=fell_behind' <<<"$logs" || true
 ordinary=$(sed -n 's/.* ordinary=\([0-9]*\/[0-9]*\) .*/\1/p' "$WORK/flood.out")
 answered=${ordinary%/*} asked=${ordinary#*/}
-# At least a quarter, as in the Rust flood test: quiet runs answer nine in ten, but the
-# server's core is not reserved, and a slower fibd falls behind, and hangs up, more often.
-if [ -n "$ordinary" ] && [ "$asked" -gt 0 ] && [ $((answered * 4)) -ge "$asked" ]; then
+# At least half: each request is on a new connection, which a purge spares (it sends one
+# small request), so all are answered in quiet runs (96 of 96), late where fibd falls far
+# behind; one that reuses the port of an abandoned connection is closed unanswered.
+if [ -n "$ordinary" ] && [ "$asked" -gt 0 ] && [ $((answered * 2)) -ge "$asked" ]; then
     pass "the ordinary client was answered during the flood ($ordinary)"
 else
     fail "the ordinary client was answered during the flood" "${ordinary:-no result}"
