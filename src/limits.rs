@@ -45,9 +45,9 @@ pub const IDLE_TIMEOUT_MS_MAX: u64 = 3_600_000;
 /// A write to a client that stops reading its replies fails after this long without progress
 /// (SO_SNDTIMEO, per write call), and until shutdown begins, a reply still being written this
 /// long after its write began is hung up on (`hang_up.rs`), freeing the writing thread and
-/// abandoning the connection (during shutdown, the grace period bounds it). A reply fits the socket's send buffer unless the client left earlier ones
-/// unread, so no client that reads is cut off. It is short so a stuck client cannot hold up
-/// shutdown for long either.
+/// abandoning the connection (during shutdown, the grace period bounds it). A reply fits the
+/// socket's send buffer unless the client left earlier ones unread, so no client that reads is
+/// cut off. It is short so a stuck client cannot hold up shutdown for long either.
 pub const SEND_TIMEOUT_MS: u64 = 1_500;
 
 /// Requests one connection may pipeline behind the one it has in flight. Clients that pipeline
