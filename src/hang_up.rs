@@ -709,7 +709,7 @@ mod tests {
             &HashSet::from([first_peer]),
             Some(Purge {
                 spared: &keep,
-                quiet_bytes_max: Some(QUIET_MAX),
+                ..SPARES_NONE
             }),
             port,
             &HashSet::new(),
@@ -785,8 +785,8 @@ mod tests {
         let port = listener.local_addr().unwrap().port();
         let (mut quiet, _served_quiet, quiet_peer) = connect(&listener);
         let uncounted = Purge {
-            spared: &|_| false,
             quiet_bytes_max: None,
+            ..SPARES_NONE
         };
         let scan = hang_up(&HashSet::new(), Some(uncounted), port, &HashSet::new());
         assert_eq!(scan.shut_down, HashSet::from([quiet_peer]));
